@@ -1,0 +1,117 @@
+"""Checkpoint files: atomic writes, the metadata every checkpoint carries, and the RNG state for exact resumes."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A crash or kill while writing leaves the previous file intact (timm's CheckpointSaver does the same).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write a text file atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not a checkpoint".
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:
+        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); "
+                        "use --pretrained to start from a published weight file")
+    return checkpoint
+
+
+def git_commit(directory: str | os.PathLike | None = None) -> str:
+    """The git commit of the code, or ``"unknown"`` when not run from a git checkout."""
+    where = Path(directory) if directory else Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def rng_state() -> dict:
+    """The state of every random generator a training run uses."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_tensors(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    random.setstate(_as_python_state(state["python"]))
+    np.random.set_state(_as_numpy_state(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state):
+    # weights_only loading turns the inner tuple into a list; random.setstate needs tuples.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def _numpy_state_to_tensors(state) -> dict:
+    # Plain tensors and numbers keep the checkpoint loadable with torch.load(weights_only=True).
+    kind, keys, position, has_gauss, cached = state
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _as_numpy_state(state: dict):
+    return (state["kind"], state["keys"].numpy().astype(np.uint32), state["position"], state["has_gauss"],
+            state["cached"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

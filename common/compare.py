@@ -1,0 +1,214 @@
+"""Folder 6 ``test-model.py``: every model before and after distillation, on one test split.
+
+Writes ``comparison.md``, ``comparison.csv``, ``comparison-per-class.csv``, ``comparison-bootstrap.csv``,
+``comparison.json`` and the bar chart ``comparison-auroc.png`` into the output folder.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .checkpoint import load_checkpoint, write_text_atomic
+from .constants import CLASS_NAMES, MODEL_FOLDERS
+from .distill import teacher_path
+from .errors import ArgumentParser, UserError, positive_int
+from .evaluation import evaluate_checkpoint, load_model_for_test, print_result
+from .metrics import patient_bootstrap_auroc_diff
+from .pipeline import SplitData
+from .plots import plot_before_after
+from .profile import count_parameters, macs
+from .training import add_data_arguments
+
+DISPLAY = {"eeea_c2": "EEEA-Net-C2", "ofa595": "OFA-595", "chexnet": "CheXNet", "visformer_small": "Visformer-small",
+           "autoformerv2_base": "AutoFormerV2-base"}
+
+
+def get_args_parser() -> ArgumentParser:
+    """Flags of the comparison; the split and labels are those the checkpoints were trained with."""
+    parser = ArgumentParser(prog="test-model.py",
+                            description="Compare model1..5 with their distilled students modeld1..5 on one test split")
+    add_data_arguments(parser)
+    parser.set_defaults(split=None, val_fraction=None)
+    parser.add_argument("--teachers-root", default=None,
+                        help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
+    parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--tencrop", action="store_true", help="ten-crop evaluation, as the original")
+    parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
+    parser.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    return parser
+
+
+def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
+    """Every model of the comparison, present or not: teachers 1..5, students d1..d5, the ensemble student."""
+    entries = []
+    for index, (folder, model_name) in MODEL_FOLDERS.items():
+        entries.append({"key": f"model{index}", "role": "teacher" if index > 1 else "baseline", "teacher": index,
+                        "label": DISPLAY[model_name], "path": teacher_path(teachers_root, index)})
+        entries.append({"key": f"modeld{index}", "role": "student", "teacher": index,
+                        "label": f"EEEA-Net-C2 <- {DISPLAY[model_name]}", "path": student_dir / f"modeld{index}.pth"})
+    entries.append({"key": "modeld-ensemble", "role": "student", "teacher": "ensemble",
+                    "label": "EEEA-Net-C2 <- ensemble", "path": student_dir / "modeld-ensemble.pth"})
+    return entries
+
+
+def _fmt(value, digits=4):
+    return "missing" if value is None else f"{value:.{digits}f}"
+
+
+def compare(args, teachers_root: Path, output_dir: Path) -> dict:
+    """Evaluate every present model on the same test split and write the comparison files."""
+    entries = model_entries(teachers_root, output_dir)
+    present = [e for e in entries if e["path"].is_file()]
+    if not present:
+        raise UserError(f"no models found: expected model1..5.pth under {teachers_root}/<K-folder>/ and "
+                        f"modeldK.pth under {output_dir}")
+    reference = load_checkpoint(present[0]["path"])["config"]
+    for entry in present[1:]:
+        config = load_checkpoint(entry["path"])["config"]
+        for key in ("split", "label_file", "val_fraction", "seed"):
+            if config.get(key) != reference.get(key):
+                raise UserError(f"{entry['path']} was trained with --{key.replace('_', '-')} {config.get(key)}, "
+                                f"{present[0]['path']} with {reference.get(key)}: the comparison needs one split")
+    data = SplitData(args.data_dir or reference.get("data_dir"), args.split or reference["split"],
+                     args.label_file if args.label_file is not None else reference.get("label_file"),
+                     args.val_fraction if args.val_fraction is not None else reference.get("val_fraction", 0.1),
+                     reference.get("seed", 0), parts=("test",), workers=args.workers)
+    results = {}
+    for entry in entries:
+        if not entry["path"].is_file():
+            print(f"== {entry['key']}: missing ({entry['path']}) ==")
+            continue
+        print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
+        result = evaluate_checkpoint(entry["path"], None, data, args)
+        print_result(result)
+        checkpoint, model = load_model_for_test(entry["path"], None)
+        entry["params"] = count_parameters(model)
+        entry["img_size"] = checkpoint["img_size"]
+        entry["macs"] = macs(model, checkpoint["img_size"])
+        results[entry["key"]] = result
+    rows = [_row(entry, results.get(entry["key"])) for entry in entries]
+    bootstrap = _bootstrap(entries, results, args.n_boot)
+    split_text = data.split.describe()
+    paths = _write(output_dir, rows, entries, results, bootstrap, split_text, data.split.labels,
+                   "ten-crop" if args.tencrop else "centre crop")
+    print((output_dir / "comparison.md").read_text())
+    print("comparison written: " + ", ".join(str(p) for p in paths))
+    return {"rows": rows, "bootstrap": bootstrap}
+
+
+def _row(entry: dict, result) -> dict:
+    row = {"model": entry["key"], "role": entry["role"], "teacher": entry["teacher"], "label": entry["label"],
+           "file": str(entry["path"]), "status": "ok" if result else "missing"}
+    if result:
+        report = result.report
+        at_half = report["threshold_0.5"]["macro"]
+        at_val = report.get("threshold_val_max_f1", {}).get("macro", {})
+        row.update({"params": entry["params"], "macs": entry["macs"], "img_size": entry["img_size"],
+                    "mean_auroc": report["mean_auroc"], "mean_f1@0.5": at_half["f1"],
+                    "accuracy@0.5": at_half["accuracy"], "mean_f1@val": at_val.get("f1"),
+                    "accuracy@val": at_val.get("accuracy")})
+    return row
+
+
+def _bootstrap(entries, results, n_boot: int) -> list[dict]:
+    """Each distilled student against the undistilled EEEA-Net-C2 (model1): paired patient-level bootstrap."""
+    baseline = results.get("model1")
+    rows = []
+    for entry in entries:
+        if entry["role"] != "student":
+            continue
+        student = results.get(entry["key"])
+        row = {"student": entry["key"], "against": "model1"}
+        if baseline is None or student is None:
+            row["status"] = "missing " + ("model1" if baseline is None else entry["key"])
+        else:
+            row.update(patient_bootstrap_auroc_diff(baseline.targets, baseline.probs, student.probs,
+                                                    baseline.patient_ids, n_boot=n_boot, seed=0))
+            row["status"] = "ok"
+        rows.append(row)
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    fields = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop) -> list[Path]:
+    by_key = {row["model"]: row for row in rows}
+    lines = [f"# Before / after distillation into EEEA-Net-C2", "",
+             f"Test split: {split_text}. Labels: {labels}. Evaluation: {crop}. Metrics from scikit-learn; "
+             "F1 and accuracy macro-averaged over the 14 classes, at threshold 0.5 and at per-class thresholds "
+             "chosen on the validation split (max F1).", "",
+             "| model | file | params | MACs | mean AUROC | mean F1@0.5 | accuracy@0.5 | mean F1@val | accuracy@val |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['label']} | {Path(row['file']).name} | missing | | | | | | |")
+            continue
+        lines.append(f"| {row['label']} | {Path(row['file']).name} | {row['params'] / 1e6:.2f}M | "
+                     f"{row['macs'] / 1e9:.2f}G @{row['img_size']} | {row['mean_auroc']:.4f} | "
+                     f"{row['mean_f1@0.5']:.4f} | {row['accuracy@0.5']:.4f} | {_fmt(row['mean_f1@val'])} | "
+                     f"{_fmt(row['accuracy@val'])} |")
+    lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
+              "| teacher | teacher mean AUROC | student mean AUROC | student − teacher | student − EEEA-Net-C2 "
+              "(model1) [95% patient bootstrap CI] |", "|---|---|---|---|---|"]
+    boot = {b["student"]: b for b in bootstrap}
+    baseline = by_key["model1"].get("mean_auroc")
+    chart_rows = []
+    for index in list(MODEL_FOLDERS) + ["ensemble"]:
+        student_key = f"modeld{index}" if index != "ensemble" else "modeld-ensemble"
+        teacher_auroc = None if index == "ensemble" else by_key[f"model{index}"].get("mean_auroc")
+        student_auroc = by_key[student_key].get("mean_auroc")
+        label = "ensemble" if index == "ensemble" else by_key[f"model{index}"]["label"]
+        b = boot.get(student_key, {})
+        ci = (f"{b['diff']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]" if b.get("status") == "ok"
+              else b.get("status", "missing"))
+        gap = (f"{student_auroc - teacher_auroc:+.4f}" if None not in (student_auroc, teacher_auroc) else "")
+        lines.append(f"| {label} | {_fmt(teacher_auroc)} | {_fmt(student_auroc)} | {gap} | {ci} |")
+        chart_rows.append({"label": label, "teacher": teacher_auroc, "student": student_auroc})
+    lines += ["", "## Per-class test AUROC", "",
+              "| class | " + " | ".join(r["model"] for r in rows if r["status"] == "ok") + " |",
+              "|---|" + "---|" * sum(r["status"] == "ok" for r in rows)]
+    per_class = []
+    for name in CLASS_NAMES:
+        cells = {}
+        for row in rows:
+            if row["status"] == "ok":
+                value = results[row["model"]].report["auroc"][name]
+                cells[row["model"]] = "n/a" if value is None else f"{value:.4f}"
+        per_class.append({"class": name, **cells})
+        lines.append(f"| {name} | " + " | ".join(cells.values()) + " |")
+    lines.append(f"| **mean** | " + " | ".join(f"{r['mean_auroc']:.4f}" for r in rows if r["status"] == "ok") + " |")
+    lines += ["", "Bootstrap: patients resampled with replacement (paired: the same resamples for both models), "
+              f"{bootstrap[0].get('n_boot', 0) if bootstrap else 0} resamples; the interval is the 2.5-97.5 "
+              "percentile range of the mean-AUROC difference. An interval above 0 means distillation helped.", ""]
+    paths = [output_dir / n for n in ("comparison.md", "comparison.csv", "comparison-per-class.csv",
+                                      "comparison-bootstrap.csv", "comparison.json", "comparison-auroc.png")]
+    write_text_atomic("\n".join(lines), paths[0])
+    write_text_atomic(_csv_text(rows), paths[1])
+    write_text_atomic(_csv_text(per_class), paths[2])
+    write_text_atomic(_csv_text(bootstrap), paths[3])
+    write_text_atomic(json.dumps({"split": split_text, "labels": labels, "crop": crop, "models": rows,
+                                  "bootstrap": bootstrap}, indent=2, default=str), paths[4])
+    plot_before_after(chart_rows, baseline, paths[5],
+                      f"Test mean AUROC before and after distillation ({split_text.split(' (')[0]}, {labels})")
+    return paths
+
+
+def main(argv=None, folder: Path | None = None):
+    """Entry point of folder 6 ``test-model.py``."""
+    args = get_args_parser().parse_args(argv)
+    output_dir = Path(args.output_dir) if args.output_dir else Path(folder)
+    teachers_root = Path(args.teachers_root) if args.teachers_root else output_dir.resolve().parent
+    compare(args, teachers_root, output_dir)
+    return 0

@@ -1,0 +1,89 @@
+"""The whole story on the embedded synthetic sample, on a CPU in minutes: ``python -m common.demo``.
+
+Generates a synthetic CXR8-format data set, trains folders 1-5 briefly, tests them, distils each teacher and the
+ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Everything
+goes under ``--output-dir`` (default ``demo-run/``), laid out like the repository's numbered folders, so the real
+folders' checkpoints are never touched.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import compare, distill, evaluation, training
+from .constants import DISTILL_FOLDER, MODEL_FOLDERS
+from .errors import ArgumentParser, non_negative_int, positive_int, run_main
+from .synthetic import generate_synthetic_cxr8
+
+# Demo schedule per folder: epochs at the demo's small input size. The transformers are the slowest on a CPU.
+DEMO_EPOCHS = {1: 6, 2: 5, 3: 6, 4: 4, 5: 3}
+DISTILL_EPOCHS = 6
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m common.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="demo-run", help="where everything goes (default: demo-run)")
+    parser.add_argument("--patients", type=positive_int, default=300, help="synthetic patients (default 300)")
+    parser.add_argument("--img-size", type=positive_int, default=64, help="model input size (default 64)")
+    parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("--folders", default="1,2,3,4,5", help="which model folders to train (default 1,2,3,4,5)")
+    parser.add_argument("--skip-distillation", action="store_true", help="stop after training and testing 1-5")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    return parser
+
+
+def _common_flags(data_dir: Path, args) -> list[str]:
+    return ["--data-dir", str(data_dir / "images"), "--split", str(data_dir / "labels"),
+            "--workers", str(args.workers), "--device", "cpu"]
+
+
+def _train_flags(args, epochs: int) -> list[str]:
+    return ["--epochs", str(max(1, round(epochs * args.epoch_scale))), "--batch-size", "32", "--lr", "2e-3",
+            "--warmup-epochs", "0.5", "--img-size", str(args.img_size), "--crop-scale", "0.5",
+            "--seed", str(args.seed), "--overwrite"]
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    start = time.perf_counter()
+    root = Path(args.output_dir)
+    data_dir = root / "data"
+    if not (data_dir / "labels" / "test_list.txt").is_file():
+        print(f"generating the synthetic CXR8 sample in {data_dir}")
+        generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed)
+    folders = [int(k) for k in args.folders.split(",") if k.strip()]
+    summary = {}
+    for index in folders:
+        folder, model_name = MODEL_FOLDERS[index]
+        out = root / folder
+        print(f"\n===== {folder}: training {model_name} =====")
+        training.main(_common_flags(data_dir, args) + _train_flags(args, DEMO_EPOCHS[index]),
+                      model_name=model_name, prefix=f"model{index}", default_output=out)
+        print(f"\n===== {folder}: testing model{index}.pth =====")
+        evaluation.main(["--workers", str(args.workers), "--device", "cpu"],
+                        model_name=model_name, prefix=f"model{index}", default_dir=out)
+        report = json.loads((out / f"model{index}-test.json").read_text())
+        summary[f"model{index}"] = report["mean_auroc"]
+    student_dir = root / DISTILL_FOLDER
+    if not args.skip_distillation:
+        flags = _common_flags(data_dir, args) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
+        print("\n===== 6: distilling every teacher into EEEA-Net-C2 =====")
+        distill.main(flags + ["--teacher", "all"], folder=student_dir)
+        print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
+        distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
+        print("\n===== 6: before / after comparison =====")
+        compare.main(["--workers", str(args.workers), "--device", "cpu"], folder=student_dir)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    print(f"results: {root}/<folder>/modelK-test.json, {student_dir}/comparison.md and comparison-auroc.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

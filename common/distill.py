@@ -1,0 +1,290 @@
+"""Folder 6 ``train-model.py``: distil teachers (model1..5.pth) into EEEA-Net-C2 with the one engine.
+
+Distillation is a criterion (:class:`DistillationCriterion`) handed to :func:`common.training.run_training`. Teacher
+logits come either from the teachers run on the student's own augmented batch (``online``) or from a cache computed
+once on the deterministic eval view of every training image (``cached``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_atomic
+from .constants import DISTILL_FOLDER, MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
+from .errors import UserError, positive_float, unit_fraction
+from .evaluation import load_model_for_test
+from .losses import MultiLabelKDLoss, auroc_teacher_weights
+from .pipeline import SplitData, eval_transform_for
+from .training import get_args_parser as get_train_parser
+from .training import pos_weight_for, run_training
+
+SAVE_EVERY_BATCHES = 50  # how often an interrupted cache build can resume from
+
+
+def get_args_parser() -> "ArgumentParser":  # noqa: F821  (common.errors.ArgumentParser)
+    """Training flags plus the teacher, loss and cache flags of the distillation folder."""
+    parser = get_train_parser(prog="train-model.py",
+                              description="Distil a teacher (model1..5.pth) into EEEA-Net-C2 (modeldK.pth)")
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher", required=True, choices=("1", "2", "3", "4", "5", "all", "ensemble"),
+                       help="teacher folder K (model K.pth), all (1..5 in turn) or ensemble (all at once)")
+    group.add_argument("--teacher-checkpoint", default=None,
+                       help="teacher file to use instead of ../K-*/modelK.pth (single teacher only)")
+    group.add_argument("--teachers-root", default=None,
+                       help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: the parent of "
+                            "--output-dir, i.e. the repository)")
+    group.add_argument("--teacher-mode", choices=("online", "cached"), default="online",
+                       help="online: teachers see the student's augmented batch (exact, slower); cached: teacher "
+                            "logits computed once on the eval view of each training image (fast)")
+    group.add_argument("--cache-dir", default=None, help="teacher-logit cache folder (default: OUTPUT/teacher-cache)")
+    group.add_argument("--alpha", type=unit_fraction, default=0.5,
+                       help="weight of the hard-label BCE; 1 - alpha weighs the KD term (default 0.5, the original's)")
+    group.add_argument("--temperature", type=positive_float, default=2.0, help="KD temperature T (default 2)")
+    group.add_argument("--ensemble-weights", choices=("uniform", "auroc"), default="uniform",
+                       help="ensemble: average teacher probabilities uniformly or per class by validation AUROC")
+    group.add_argument("--student-init", default=None,
+                       help="start the student from this EEEA-Net-C2 checkpoint (e.g. ../1-EEEA-Net-C2/model1.pth)")
+    return parser
+
+
+def teacher_path(teachers_root: Path, index: int) -> Path:
+    """Where folder ``index``'s trained model lives."""
+    folder, _ = MODEL_FOLDERS[index]
+    return teachers_root / folder / f"model{index}.pth"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Teacher:
+    """A frozen teacher: eval mode, no gradients, with its own input size and normalisation."""
+
+    def __init__(self, path: Path, index: int | None):
+        print("=> loading teacher_checkpoint")
+        self.checkpoint, self.model = load_model_for_test(path, None)
+        print(f"=> loaded teacher_checkpoint {path} ({self.checkpoint['model_name']})")
+        if self.checkpoint["num_classes"] != NUM_CLASSES:
+            raise UserError(f"teacher {path} has {self.checkpoint['num_classes']} classes, not {NUM_CLASSES}")
+        self.path, self.index = Path(path), index
+        self.sha256 = file_sha256(self.path)
+        self.img_size = self.checkpoint["img_size"]
+        self.mean, self.std = tuple(self.checkpoint["mean"]), tuple(self.checkpoint["std"])
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def describe(self) -> dict:
+        return {"index": self.index, "path": str(self.path), "sha256": self.sha256,
+                "model_name": self.checkpoint["model_name"], "val_mean_auroc": self.checkpoint.get("val_mean_auroc")}
+
+
+class OnlineTeachers:
+    """Teacher logits [K, B, C] on the student's own augmented batch, re-normalised and resized per teacher."""
+
+    def __init__(self, teachers: list[Teacher], student_mean, student_std, device):
+        self.teachers = teachers
+        self.device = device
+        self.student_mean = torch.tensor(student_mean, device=device).view(1, 3, 1, 1)
+        self.student_std = torch.tensor(student_std, device=device).view(1, 3, 1, 1)
+        for teacher in teachers:
+            teacher.model.to(device)
+
+    def view_for(self, teacher: Teacher, images: torch.Tensor) -> torch.Tensor:
+        """The student batch as this teacher expects it (its size and its mean/std)."""
+        if teacher.mean != tuple(self.student_mean.flatten().tolist()) or \
+                teacher.std != tuple(self.student_std.flatten().tolist()):
+            pixels = images * self.student_std + self.student_mean
+            mean = torch.tensor(teacher.mean, device=images.device).view(1, 3, 1, 1)
+            std = torch.tensor(teacher.std, device=images.device).view(1, 3, 1, 1)
+            images = (pixels - mean) / std
+        if images.shape[-1] != teacher.img_size or images.shape[-2] != teacher.img_size:
+            images = F.interpolate(images, size=(teacher.img_size, teacher.img_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return images
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return torch.stack([t.model(self.view_for(t, batch["image"])).float() for t in self.teachers])
+
+
+class CachedTeachers:
+    """Teacher logits [K, B, C] looked up by dataset index in caches computed once per teacher."""
+
+    def __init__(self, logits: list[torch.Tensor], device):
+        self.logits = torch.stack(logits).to(device)  # [K, N, C], fp16
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        index = batch["index"].to(self.logits.device)
+        return self.logits[:, index].float()
+
+
+def cache_key(teacher: Teacher, data: SplitData) -> dict:
+    """What a cached logit file depends on; any change gives a new key and a rebuilt cache."""
+    part = data.split.parts["train"]
+    names_digest = hashlib.sha256("\n".join(part.names).encode()).hexdigest()
+    return {"teacher_sha256": teacher.sha256, "split": data.split.name, "labels": data.split.labels,
+            "images_sha256": names_digest, "n_images": len(part), "num_classes": NUM_CLASSES,
+            "view": f"resize {round(teacher.img_size * 256 / 224)} + centre crop {teacher.img_size}",
+            "mean": list(teacher.mean), "std": list(teacher.std)}
+
+
+def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batch_size: int, device,
+                        amp_dtype) -> torch.Tensor:
+    """fp16 teacher logits [N, C] for the training part, computed once, resumable, rebuilt when stale."""
+    key = cache_key(teacher, data)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"teacher{teacher.index or ''}-{teacher.checkpoint['model_name']}-{digest}.pt"
+    state = None
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
+            print(f"teacher cache {path} does not match this teacher/split/image list; rebuilding it")
+            state = None
+        elif state["filled"] == key["n_images"]:
+            print(f"using teacher cache {path}")
+            return state["logits"]
+        else:
+            print(f"resuming teacher cache {path} at image {state['filled']:,} of {key['n_images']:,}")
+    for stale in cache_dir.glob(f"teacher{teacher.index or ''}-{teacher.checkpoint['model_name']}-*.pt"):
+        if stale != path:
+            print(f"removing stale teacher cache {stale}")
+            stale.unlink()
+    if state is None:
+        state = {"key": key, "filled": 0, "logits": torch.zeros(key["n_images"], NUM_CLASSES, dtype=torch.float16)}
+    dataset = data.dataset("train", eval_transform_for({"mean": teacher.mean, "std": teacher.std}, teacher.img_size))
+    remaining = torch.utils.data.Subset(dataset, range(state["filled"], len(dataset)))
+    loader = torch.utils.data.DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=data.workers,
+                                         pin_memory=device.type == "cuda")
+    teacher.model.to(device)
+    with torch.no_grad():
+        progress = tqdm(loader, desc=f"teacher cache {path.name}", unit="batch", dynamic_ncols=True,
+                        initial=state["filled"] // batch_size)
+        for step, batch in enumerate(progress, start=1):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = teacher.model(batch["image"].to(device, non_blocking=True)).float()
+            count = logits.shape[0]
+            state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
+            state["filled"] += count
+            if step % SAVE_EVERY_BATCHES == 0:
+                save_atomic(state, path)
+    save_atomic(state, path)
+    print(f"teacher cache written: {path}")
+    return state["logits"]
+
+
+class DistillationCriterion:
+    """``criterion(logits, batch)``: α·BCE(labels) + (1−α)·T²·Bernoulli-KL(teachers ‖ student), per class."""
+
+    def __init__(self, kd_loss: MultiLabelKDLoss, teacher_logits):
+        self.kd_loss = kd_loss
+        self.teacher_logits = teacher_logits
+
+    @property
+    def last_terms(self) -> dict:
+        return getattr(self.kd_loss, "last_terms", {})
+
+    def __call__(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self.kd_loss(logits.float(), batch["target"], self.teacher_logits(batch))
+
+
+def check_same_split(teacher: Teacher, args) -> None:
+    """A teacher trained on another split may have seen the student's validation or test patients."""
+    config = teacher.checkpoint["config"]
+    for key in ("split", "label_file", "val_fraction", "seed"):
+        if config.get(key) != getattr(args, key):
+            raise UserError(f"teacher {teacher.path} was trained with --{key.replace('_', '-')} {config.get(key)}, "
+                            f"the student with {getattr(args, key)}: distil on the teacher's split so that no "
+                            "validation or test patient was seen by the teacher")
+
+
+def make_distillation_criterion(teachers: list[Teacher], teacher_mode: str, cache_dir: Path):
+    """A criterion factory for :func:`run_training` that distils from ``teachers``."""
+
+    def factory(args, data: SplitData, device, amp_dtype, student_cfg):
+        weights = None
+        if len(teachers) > 1 and args.ensemble_weights == "auroc":
+            weights = auroc_teacher_weights([t.checkpoint["val_auroc"] for t in teachers]).to(device)
+        pos_weight = pos_weight_for(args.pos_weight, data.split.parts["train"].labels)
+        kd_loss = MultiLabelKDLoss(alpha=args.alpha, temperature=args.temperature,
+                                   pos_weight=None if pos_weight is None else pos_weight.to(device),
+                                   teacher_weights=weights)
+        if teacher_mode == "online":
+            source = OnlineTeachers(teachers, student_cfg["mean"], student_cfg["std"], device)
+        else:
+            batch_size = args.eval_batch_size or 2 * args.batch_size
+            source = CachedTeachers([build_or_load_cache(t, data, cache_dir, batch_size, device, amp_dtype)
+                                     for t in teachers], device)
+        return DistillationCriterion(kd_loss, source)
+
+    return factory
+
+
+def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path) -> dict:
+    """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
+    teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
+    for teacher in teachers:
+        check_same_split(teacher, args)
+    if args.student_init:
+        print("=> loading student_checkpoint")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
+    extra = {"distillation": {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
+                              "temperature": args.temperature, "teacher_mode": args.teacher_mode,
+                              "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
+                              "student_init": args.student_init}}
+    init = args.student_init or args.pretrained
+    summary = run_training(args, STUDENT_MODEL, prefix, output_dir,
+                           make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
+                           init_source=init, extra_metadata=extra)
+    if args.student_init:
+        print("=> loaded student_checkpoint")
+    return summary
+
+
+def main(argv=None, folder: Path | None = None):
+    """Entry point of folder 6: ``python train-model.py --teacher 1..5|all|ensemble``."""
+    args = get_args_parser().parse_args(argv)
+    if args.student_init and args.pretrained:
+        raise UserError("--student-init and --pretrained both set the student's start; give one of them")
+    output_dir = Path(args.output_dir) if args.output_dir else Path(folder)
+    teachers_root = Path(args.teachers_root) if args.teachers_root else output_dir.resolve().parent
+    if args.teacher_checkpoint and args.teacher in ("all", "ensemble"):
+        raise UserError(f"--teacher-checkpoint names one teacher file; it cannot be used with --teacher {args.teacher}")
+    if args.teacher not in ("all", "ensemble"):
+        index = int(args.teacher)
+        path = Path(args.teacher_checkpoint) if args.teacher_checkpoint else teacher_path(teachers_root, index)
+        if not path.is_file():
+            raise UserError(f"=> no teacher_checkpoint found: {path} (train folder {MODEL_FOLDERS[index][0]} first "
+                            "or pass --teacher-checkpoint)")
+        distil(args, [index], [path], f"modeld{index}", output_dir)
+        return 0
+    available = {}
+    for index in MODEL_FOLDERS:
+        path = teacher_path(teachers_root, index)
+        if path.is_file():
+            available[index] = path
+        else:
+            print(f"=> no teacher_checkpoint found for teacher {index}: {path} (skipped)")
+    if not available:
+        raise UserError(f"no teacher checkpoints under {teachers_root} (expected e.g. "
+                        f"{teacher_path(teachers_root, 3)}); train folders 1-5 first")
+    if args.teacher == "ensemble":
+        distil(args, list(available), list(available.values()), "modeld-ensemble", output_dir)
+        return 0
+    for index, path in available.items():
+        print(f"=== distilling teacher {index} ({path}) into EEEA-Net-C2 -> modeld{index}.pth ===")
+        distil(args, [index], [path], f"modeld{index}", output_dir)
+    return 0
+
+
+__all__ = ["DISTILL_FOLDER", "get_args_parser", "main", "DistillationCriterion", "OnlineTeachers",
+           "CachedTeachers", "Teacher", "build_or_load_cache"]

@@ -1,0 +1,57 @@
+"""Shared steps of the scripts: data loaders for a split, the device setup and result file names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .data import PngImageSource, CXR8Dataset, build_split, build_transform, index_images, require_images
+from .errors import UserError
+
+
+def default_workers() -> int:
+    """DataLoader workers: one per CPU core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """``--data-dir`` or, when it is not given, ``$CXR8_DATA_DIR``; one of them is required."""
+    value = data_dir or os.environ.get("CXR8_DATA_DIR")
+    if not value:
+        raise UserError("no image folder: pass --data-dir (the folder holding the CXR8 PNGs) or set CXR8_DATA_DIR")
+    return Path(value).expanduser()
+
+
+class SplitData:
+    """A split, the image index of ``data_dir`` and loader factories for its parts."""
+
+    def __init__(self, data_dir, split: str, label_file, val_fraction: float, seed: int, parts, workers: int,
+                 source_factory=PngImageSource):
+        self.data_dir = resolve_data_dir(data_dir)
+        index = index_images(self.data_dir)
+        self.split = build_split(split, label_file, val_fraction, seed)
+        names = [name for part in parts for name in self.split.parts[part].names]
+        require_images(index, names, self.data_dir, workers=max(2 * workers, 4))
+        self.source = source_factory(index)
+        self.workers = workers
+
+    def dataset(self, part: str, transform) -> CXR8Dataset:
+        return CXR8Dataset(self.split.parts[part], self.source, transform)
+
+    def loader(self, part: str, transform, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        """A DataLoader; with ``shuffle`` the order comes from ``seed``, so a resumed epoch sees the same order."""
+        dataset = self.dataset(part, transform)
+        if len(dataset) == 0:
+            raise UserError(f"the {part} part of split {self.split.name} is empty")
+        generator = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+            num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=False, prefetch_factor=4 if self.workers > 0 else None,
+        )
+
+
+def eval_transform_for(model_cfg: dict, img_size: int, tencrop: bool = False):
+    """The deterministic evaluation view for a model's normalisation."""
+    return build_transform(img_size, model_cfg["mean"], model_cfg["std"], train=False, tencrop=tencrop)

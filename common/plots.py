@@ -1,0 +1,86 @@
+"""Figures people would rather look at than read: training curves, ROC curves and the before/after bar chart."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or assumed
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def _save(figure, path: Path) -> None:
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def plot_training_curves(log_csv: Path, png_path: Path, title: str = "") -> None:
+    """Training loss and validation mean AUROC per epoch, from a training log CSV."""
+    with open(log_csv, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
+    left.set(xlabel="epoch", ylabel="training loss", title=f"{title} loss")
+    right.plot(epochs, [float(r["val_mean_auroc"]) for r in rows], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel="validation mean AUROC", title=f"{title} validation")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    _save(figure, png_path)
+
+
+def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, class_names, aurocs, png_path: Path, title: str) -> None:
+    """One ROC curve per class (sklearn ``roc_curve``) in a 4 x 4 grid."""
+    figure, axes = plt.subplots(4, 4, figsize=(12, 12))
+    for index, axis in enumerate(axes.flat):
+        if index >= len(class_names):
+            axis.axis("off")
+            continue
+        column = targets[:, index].astype(int)
+        if aurocs[index] is None:
+            axis.text(0.5, 0.5, "n/a (one label value)", ha="center")
+        else:
+            fpr, tpr, _ = roc_curve(column, probs[:, index])
+            axis.plot(fpr, tpr)
+        axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        label = "n/a" if aurocs[index] is None else f"{aurocs[index]:.3f}"
+        axis.set_title(f"{class_names[index]} ({label})", fontsize=9)
+        axis.tick_params(labelsize=7)
+    figure.suptitle(title)
+    _save(figure, png_path)
+
+
+def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, title: str) -> None:
+    """Bars of each teacher's test mean AUROC next to its distilled student's, with the undistilled baseline.
+
+    ``rows`` items: ``{"label", "teacher", "student"}`` (values may be None when a model is missing).
+    """
+    labels = [r["label"] for r in rows]
+    positions = np.arange(len(rows))
+    width = 0.38
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    teacher = [np.nan if r["teacher"] is None else 100 * r["teacher"] for r in rows]
+    student = [np.nan if r["student"] is None else 100 * r["student"] for r in rows]
+    bars_t = axis.bar(positions - width / 2, teacher, width, label="teacher (before distillation)")
+    bars_s = axis.bar(positions + width / 2, student, width, label="EEEA-Net-C2 student (after)")
+    for bars in (bars_t, bars_s):
+        axis.bar_label(bars, fmt="%.1f", fontsize=8)
+    if baseline is not None:
+        axis.axhline(100 * baseline, color="black", linestyle="--", linewidth=1,
+                     label=f"EEEA-Net-C2 without distillation ({100 * baseline:.1f})")
+    finite = [v for v in teacher + student + ([100 * baseline] if baseline is not None else []) if np.isfinite(v)]
+    if finite:
+        axis.set_ylim(max(0, min(finite) - 5), min(100, max(finite) + 3))
+    axis.set_xticks(positions, labels, rotation=15)
+    axis.set_ylabel("test mean AUROC (%)")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="lower right")
+    _save(figure, png_path)
