@@ -1,6 +1,7 @@
 """Error reporting for the command-line entry points: one line, exit code 2, no traceback."""
 import argparse
 import sys
+import warnings
 
 
 class UserError(Exception):
@@ -18,17 +19,33 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None) -> int:
-    """Run ``main(argv)`` and turn a :class:`UserError` into ``error: <message>`` on stderr and exit code 2."""
+    """Run ``main(argv)`` and turn a :class:`UserError` into ``error: <message>`` on stderr and exit code 2.
+
+    Warnings (for example an AUROC that is n/a) are printed as one ``warning: ...`` line each.
+    """
+    warnings.formatwarning = _one_line_warning
     try:
         result = main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is saved in the *-last.pth checkpoint; "
               "rerun with --resume to continue", file=sys.stderr)
         return 130
     return 0 if result is None else int(result)
+
+
+def _one_line(err: UserError) -> str:
+    """The message of a UserError; one re-raised from a DataLoader worker carries the worker's traceback text."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else " ".join(lines)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def positive_int(text: str) -> int:

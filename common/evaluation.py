@@ -13,7 +13,7 @@ from .constants import CLASS_NAMES
 from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import ArgumentParser, UserError, positive_int
 from .metrics import evaluation_report, format_auroc_lines, format_metrics_table
-from .models import create_model, load_pretrained
+from .models import create_model
 from .pipeline import SplitData, eval_transform_for
 from .plots import plot_roc_curves
 from .training import add_data_arguments
@@ -53,7 +53,12 @@ def load_model_for_test(checkpoint_path: Path, expected_model: str | None):
         raise UserError(f"{checkpoint_path} holds a {checkpoint['model_name']} model, not {expected_model}")
     model = create_model(checkpoint["model_name"], num_classes=checkpoint["num_classes"],
                          img_size=checkpoint["img_size"])
-    load_pretrained(model, checkpoint["model_name"], str(checkpoint_path))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        details = " ".join(str(err).split())
+        raise UserError(f"{checkpoint_path} does not fit a {checkpoint['num_classes']}-class "
+                        f"{checkpoint['model_name']}: {details[:300]}") from None
     return checkpoint, model
 
 
@@ -131,8 +136,7 @@ def print_result(result: TestResult) -> None:
     """The original's AUROC lines, then the metrics table and which split and labels they are on."""
     for line in format_auroc_lines(result.report):
         print(line)
-    print(f"({result.report['split_description']}; labels: {result.report['label_file']}; "
-          f"{result.report['crop']} at {result.report['img_size']})")
+    print(f"({result.report['split_description']}; {result.report['crop']} at {result.report['img_size']})")
     print(format_metrics_table(result.report))
 
 

@@ -59,11 +59,14 @@ class _Canvas:
     """Normalised coordinates of one square image, with the lung geometry of one patient."""
 
     def __init__(self, size, lung_center_u, lung_center_y, lung_ru, lung_rv):
-        axis = (np.arange(size, dtype=np.float32) + 0.5) / size
+        # Pixel-centre coordinates in [0, 1]. The signed offset from the vertical midline is built from half-integers,
+        # so it is exactly antisymmetric in floating point and mirrored patterns are exactly mirrored pixel by pixel.
+        offsets = (np.arange(size, dtype=np.float32) + 0.5 - size / 2) / size
         self.size = size
-        self.y, self.x = np.meshgrid(axis, axis, indexing="ij")
+        self.y, self.xc = np.meshgrid(offsets + 0.5, offsets, indexing="ij")
+        self.x = self.xc + 0.5
         # u is the distance from the vertical midline: any function of (u, y) is mirror-symmetric.
-        self.u = np.abs(self.x - 0.5)
+        self.u = np.abs(self.xc)
         self.u0, self.y0, self.ru, self.rv = lung_center_u, lung_center_y, lung_ru, lung_rv
         self.lung_r = np.sqrt(((self.u - self.u0) / self.ru) ** 2 + ((self.y - self.y0) / self.rv) ** 2)
         self.lung = self.lung_r < 1.0
@@ -110,7 +113,7 @@ def _draw_findings(canvas, image, labels, rng):
             image[lung & lower & lines] += 0.42
         elif name == "Cardiomegaly":
             # A much larger, brighter, sharp-edged heart shadow in the centre.
-            heart = ((c.x - 0.5) / 0.21) ** 2 + ((y - 0.64) / 0.17) ** 2 < 1.0
+            heart = (c.xc / 0.21) ** 2 + ((y - 0.64) / 0.17) ** 2 < 1.0
             image[heart] = 0.86
         elif name == "Effusion":
             # A uniform bright fill of the lung bases with a meniscus that rises laterally.
@@ -161,8 +164,8 @@ def _draw_findings(canvas, image, labels, rng):
         elif name == "Fibrosis":
             # A diagonal cross-hatch (reticular net); both diagonals, so a flip maps it onto itself.
             period = 0.07
-            diag_a = np.cos(2 * np.pi * ((c.x - 0.5) + y) / period) > 0.75
-            diag_b = np.cos(2 * np.pi * (-(c.x - 0.5) + y) / period) > 0.75
+            diag_a = np.cos(2 * np.pi * (c.xc + y) / period) > 0.75
+            diag_b = np.cos(2 * np.pi * (-c.xc + y) / period) > 0.75
             image[lung & (diag_a | diag_b)] += 0.42
         elif name == "Pleural_Thickening":
             # A thick bright rim along the lung outline.
@@ -170,8 +173,8 @@ def _draw_findings(canvas, image, labels, rng):
             image[rim] = 0.88
         elif name == "Hernia":
             # A bright dome rising from the diaphragm below the heart, with a dark air-fluid bubble inside.
-            dome = (((c.x - 0.5) / 0.16) ** 2 + ((y - 0.9) / 0.12) ** 2 < 1.0) & (y < 0.9)
-            bubble = ((c.x - 0.5) / 0.07) ** 2 + ((y - 0.84) / 0.035) ** 2 < 1.0
+            dome = ((c.xc / 0.16) ** 2 + ((y - 0.9) / 0.12) ** 2 < 1.0) & (y < 0.9)
+            bubble = (c.xc / 0.07) ** 2 + ((y - 0.84) / 0.035) ** 2 < 1.0
             image[dome] = 0.95
             image[bubble] = 0.1
         else:  # pragma: no cover - CLASS_NAMES and this function must stay in sync
@@ -181,16 +184,16 @@ def _draw_findings(canvas, image, labels, rng):
 def _render_image(size, anatomy, labels, rng):
     """Render one 8-bit grayscale chest-like image for one patient's anatomy and one label vector."""
     canvas = _Canvas(size, anatomy["lung_u"], anatomy["lung_y"], anatomy["lung_ru"], anatomy["lung_rv"])
-    x, y = canvas.x, canvas.y
+    xc, y = canvas.xc, canvas.y
     image = np.full((size, size), 0.06, dtype=np.float32)
-    body = ((x - 0.5) / anatomy["body_rx"]) ** 2 + ((y - 0.56) / 0.54) ** 2 < 1.0
+    body = (xc / anatomy["body_rx"]) ** 2 + ((y - 0.56) / 0.54) ** 2 < 1.0
     image[body] = 0.58
     # Soft lung edges: darker towards the centre of each lung field.
     lung_level = 0.2 + 0.08 * np.clip(canvas.lung_r, 0, 1) ** 2
     image[canvas.lung] = lung_level[canvas.lung]
-    spine = (np.abs(x - 0.5) < 0.035) & body
+    spine = (np.abs(xc) < 0.035) & body
     image[spine] = 0.62
-    heart = ((x - 0.5) / 0.12) ** 2 + ((y - 0.63) / 0.10) ** 2 < 1.0
+    heart = (xc / 0.12) ** 2 + ((y - 0.63) / 0.10) ** 2 < 1.0
     image[heart] = 0.52
     # Findings that live in the lungs are drawn only where the lung field is visible (not behind the heart).
     canvas.lung = canvas.lung & ~heart
@@ -273,6 +276,7 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
         ``val_list``, ``labelled_test_list``, ``num_patients``, ``num_images``, ``no_finding`` (count) and
         ``positives`` (class name -> count over all images).
     """
+    out_dir = os.fspath(out_dir)
     low, high = images_per_patient
     if num_patients < 10:
         raise UserError(f"num_patients must be >= 10 to make patient-disjoint splits, got {num_patients}")

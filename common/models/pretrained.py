@@ -1,0 +1,321 @@
+"""Loading published and project checkpoints into the registry's models, strictly.
+
+Every published layout of architectures.md §10 is converted to this project's key names by explicit, deterministic
+renames, then loaded with ``strict=True``. The only tolerated difference is the classifier: a checkpoint whose head
+has another class count (an ImageNet file loaded into a 14-class model) or no head at all leaves the model's fresh
+head in place, and the skipped keys are reported. Anything else that does not match is a :class:`UserError` naming
+the file and the first offending keys: ``strict=False`` silently keeping random weights is how the arnoweng
+checkpoint gave AUROC 0.5 to its users (architectures.md §14.8).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Union
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from common.errors import UserError
+from common.models.registry import ModelInfo, model_info
+
+StateDict = dict[str, torch.Tensor]
+
+# Seconds to wait for a TCP connection to the weights' host before declaring the network unreachable.
+NETWORK_TIMEOUT_S = 5.0
+
+# Prefixes left by wrappers: DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.PathLike]) -> list[str]:
+    """Load weights into ``model`` (a :func:`create_model` ``model_name`` network) and report what was done.
+
+    Args:
+        model: the model to fill; its current head is kept when the checkpoint's head has another class count.
+        model_name: registry name of ``model``.
+        source: ``"imagenet"`` (the published ImageNet-1k file, downloaded into the torch hub cache unless
+            already there) or the path of a checkpoint in one of these layouts:
+
+            - darmo ``eeea-c2.pt`` / ``ofa595_1k_b1a18d5.pt``, the official OFA ``init`` (``{'state_dict': ...}``),
+              ofa 0.1.0 names (``blocks.{i}.conv.*``), and the original repository's ``model1/2.pth`` (darmo after
+              ``reset_classifier``: head ``classifier.{weight,bias}``);
+            - torchvision ``densenet121-a639ec97.pth`` (``norm.1`` names), arnoweng ``model.pth.tar``
+              (``module.densenet121.`` prefix, ``classifier.0.`` head) and the original's ``model3.pth``;
+            - danczs ``visformer_small.pth`` (``{'model': ...}``, ``.bn.`` keys) and the original's ``model4.pth``
+              (``head.0.``);
+            - Cream ``S3-B.pth``, darmo ``autoformerv2_base.pt`` and the original's ``model5.pth`` (converted with
+              timm's Swin ``checkpoint_filter_fn``);
+            - timm's own files, with or without ``module.`` / ``_orig_mod.`` prefixes;
+            - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``).
+
+    Returns:
+        Human-readable notes (also printed, one ``=> ...`` line each): conversions applied, head keys skipped.
+
+    Raises:
+        UserError: missing or unreadable file, wrong architecture, or any key/shape mismatch outside the head.
+    """
+    info = model_info(model_name)
+    notes: list[str] = []
+    path = imagenet_checkpoint_path(model_name) if str(source) == "imagenet" else Path(source)
+    checkpoint = _read_checkpoint(path, notes)
+    model_classes = _head_rows(model.state_dict(), info)
+    state_dict = _extract_state_dict(checkpoint, path, model_name, model_classes, notes)
+    state_dict = _strip_wrapper_prefixes(state_dict, notes)
+    try:
+        state_dict = _CONVERTERS[model_name](state_dict, model, notes)
+    except _KeyCollision as err:
+        raise UserError(f"checkpoint {path}: {err}") from None
+    state_dict = _match_to_model(state_dict, model, info, path, notes)
+    # Strict: _match_to_model has produced exactly the model's keys and shapes.
+    model.load_state_dict(state_dict, strict=True)
+    notes.insert(0, f"loaded {path} into {model_name}")
+    for note in notes:
+        print(f"=> {note}")
+    return notes
+
+
+def imagenet_checkpoint_path(model_name: str) -> Path:
+    """Local path of ``model_name``'s published ImageNet weights, downloading them into the torch hub cache.
+
+    A file already in ``<torch hub dir>/checkpoints/`` is used as is. When the host cannot be reached within
+    :data:`NETWORK_TIMEOUT_S` seconds, a :class:`UserError` gives the URL to fetch by hand.
+    """
+    url = model_info(model_name).imagenet_url
+    destination = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if destination.is_file():
+        return destination
+    offline_hint = (f"download {url} on a machine with network access and pass its path with --pretrained PATH "
+                    f"(or put it at {destination})")
+    parsed = urlparse(url)
+    try:
+        # Fail at once when offline: torch's downloader has no timeout and can hang for minutes.
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"cannot reach {parsed.hostname} to download the ImageNet weights of {model_name} "
+                        f"({err}); {offline_hint}") from None
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(destination), progress=True)
+    except (URLError, OSError) as err:
+        raise UserError(f"downloading {url} failed ({err}); {offline_hint}") from None
+    return destination
+
+
+def _read_checkpoint(path: Path, notes: list[str]) -> Any:
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise UserError(f"checkpoint is not a file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch raises this for files that pickle more than tensors and plain containers (an argparse.Namespace,
+        # numpy scalars in old training checkpoints); anything else is a damaged or foreign file.
+        if "Weights only load failed" not in str(err):
+            raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0]}") from None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError,
+            ModuleNotFoundError) as err:
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0]}") from None
+    notes.append(f"{path} pickles objects besides tensors, so it was loaded with weights_only=False "
+                 "(only do this with files you trust)")
+    return checkpoint
+
+
+def _extract_state_dict(checkpoint: Any, path: Path, model_name: str, model_classes: Union[int, None],
+                        notes: list[str]) -> StateDict:
+    if not isinstance(checkpoint, Mapping):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or checkpoint dict")
+    if "model_name" in checkpoint:
+        # This project's own format: refuse another architecture before looking at any key.
+        if checkpoint["model_name"] != model_name:
+            raise UserError(f"{path} is a {checkpoint['model_name']} checkpoint "
+                            f"({checkpoint.get('num_classes', '?')} classes) but the model is {model_name} "
+                            f"({model_classes} classes)")
+        if "model" not in checkpoint:
+            raise UserError(f"{path} has a 'model_name' entry but no 'model' state dict")
+        state_dict = _check_tensors(checkpoint["model"], path)
+        declared = checkpoint.get("num_classes")
+        head = _head_rows(state_dict, model_info(model_name))
+        if declared is not None and head is not None and declared != head:
+            raise UserError(f"{path} says num_classes={declared} but its {model_name} head has {head} outputs, "
+                            f"so it cannot be matched to the {model_classes}-class model")
+        return state_dict
+    # Unwrap training-checkpoint containers: {'state_dict': ...} (OFA init, arnoweng, timm train) or
+    # {'model': ...} (DeiT-style: danczs Visformer, Cream S3-B).
+    for wrapper in ("state_dict", "model"):
+        if wrapper in checkpoint and isinstance(checkpoint[wrapper], Mapping):
+            notes.append(f"took the weights from the checkpoint's {wrapper!r} entry")
+            return _check_tensors(checkpoint[wrapper], path)
+    return _check_tensors(checkpoint, path)
+
+
+def _check_tensors(state_dict: Mapping, path: Path) -> StateDict:
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(f"{path} is not a state dict: entry {key!r} is a {type(value).__name__}")
+    if not state_dict:
+        raise UserError(f"{path} holds an empty state dict")
+    return dict(state_dict)
+
+
+def _head_rows(state_dict: Mapping[str, torch.Tensor], info: ModelInfo) -> Union[int, None]:
+    weight = state_dict.get(info.head_prefix + "weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def _strip_prefix(state_dict: StateDict, prefix: str, notes: list[str], why: str) -> StateDict:
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        notes.append(f"stripped the {prefix!r} prefix ({why})")
+        return {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _strip_wrapper_prefixes(state_dict: StateDict, notes: list[str]) -> StateDict:
+    # Repeat: a compiled DataParallel model saves `module._orig_mod.` (or the reverse).
+    while True:
+        stripped = state_dict
+        for prefix in _WRAPPER_PREFIXES:
+            stripped = _strip_prefix(stripped, prefix, notes, "a DataParallel/DDP or torch.compile wrapper")
+        if stripped is state_dict:
+            return state_dict
+        state_dict = stripped
+
+
+class _KeyCollision(Exception):
+    """Two checkpoint keys map to the same name (e.g. both `classifier.weight` and `classifier.linear.weight`)."""
+
+
+def _rename(state_dict: StateDict, rename: Callable[[str], str], notes: list[str], what: str) -> StateDict:
+    renamed = {rename(key): value for key, value in state_dict.items()}
+    if len(renamed) != len(state_dict):
+        raise _KeyCollision(f"two keys get the same name after the rename {what}")
+    changed = sum(new != old for new, old in zip(renamed, state_dict))
+    if changed:
+        notes.append(f"renamed {changed} keys: {what}")
+    return renamed
+
+
+def _convert_ofa(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
+    # ofa 0.1.0 calls the inverted-residual layer `conv`; ofa 0.0.4 (darmo, official init) `mobile_inverted_conv`.
+    state_dict = _rename(state_dict, lambda k: re.sub(r"^blocks\.(\d+)\.conv\.", r"blocks.\1.mobile_inverted_conv.", k),
+                         notes, "ofa 0.1.0 blocks.{i}.conv -> blocks.{i}.mobile_inverted_conv")
+    # darmo's reset_classifier puts a bare nn.Linear at `classifier` (the original's model1/model2.pth).
+    return _rename(state_dict, lambda k: re.sub(r"^classifier\.(weight|bias)$", r"classifier.linear.\1", k),
+                   notes, "darmo reset_classifier head classifier.* -> classifier.linear.*")
+
+
+def _convert_densenet(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
+    # arnoweng's wrapper (`module.densenet121.`, the module. part already stripped) and the original's model3.pth.
+    state_dict = _strip_prefix(state_dict, "densenet121.", notes, "arnoweng's DenseNet121 wrapper")
+    # Pre-0.4 torchvision named dense-layer modules `norm.1`, `conv.2`, ...: illegal module names since then.
+    state_dict = _rename(state_dict, lambda k: re.sub(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.", r"\1\2.", k),
+                         notes, "old torchvision dense-layer names norm.1/conv.1/norm.2/conv.2 -> norm1/conv1/...")
+    # Sequential(Linear, Sigmoid) head: keep the Linear; the sigmoid belongs to the loss and metrics.
+    return _rename(state_dict, lambda k: re.sub(r"^classifier\.0\.", "classifier.", k),
+                   notes, "Sequential head classifier.0.* -> classifier.* (its Sigmoid is not part of the model)")
+
+
+def _convert_visformer(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
+    # danczs/Visformer wraps every BatchNorm in a module with a `bn` child; timm does not.
+    state_dict = _rename(state_dict, lambda k: k.replace(".bn.", "."), notes, "danczs Visformer '.bn.' removed")
+    return _rename(state_dict, lambda k: re.sub(r"^head\.0\.", "head.", k),
+                   notes, "Sequential head head.0.* -> head.* (its Sigmoid is not part of the model)")
+
+
+def _convert_swin(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    # The original's model5.pth: Cream naming with a Sequential(Linear, Sigmoid) head.
+    state_dict = _rename(state_dict, lambda k: re.sub(r"^head\.0\.", "head.", k),
+                         notes, "Sequential head head.0.* -> head.* (its Sigmoid is not part of the model)")
+    cream = "layers.0.downsample.reduction.weight" in state_dict
+    tables = {k: v.shape for k, v in state_dict.items() if k.endswith("relative_position_bias_table")}
+    # timm's own converter: drops the relative_position_index / attn_mask buffers, moves Cream's end-of-stage
+    # downsampling to the start of the next stage, renames head.* to head.fc.*, and resizes relative-position
+    # tables when the model was built for another input size. Harmless on timm-format files.
+    converted = checkpoint_filter_fn(state_dict, model)
+    if cream:
+        notes.append(f"converted Cream/darmo AutoFormerV2 naming ({len(state_dict)} entries) to timm's "
+                     f"swin_s3_base_224 naming ({len(converted)} entries) with timm's checkpoint_filter_fn")
+    resized = [k for k, shape in tables.items() if converted[k].shape != shape]
+    if resized:
+        notes.append(f"resized {len(resized)} relative-position bias tables to the model's attention windows "
+                     "(the checkpoint was trained at another input size)")
+    return converted
+
+
+_CONVERTERS: Mapping[str, Callable[[StateDict, nn.Module, list[str]], StateDict]] = {
+    "eeea_c2": _convert_ofa,
+    "ofa595": _convert_ofa,
+    "chexnet": _convert_densenet,
+    "visformer_small": _convert_visformer,
+    "autoformerv2_base": _convert_swin,
+}
+
+
+def _first(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _match_to_model(state_dict: StateDict, model: nn.Module, info: ModelInfo, path: Path,
+                    notes: list[str]) -> StateDict:
+    """Return ``state_dict`` with exactly the model's keys, applying the head rule; raise on any other mismatch."""
+    target = model.state_dict()
+    result = dict(state_dict)
+
+    # Checkpoints saved before PyTorch 0.4.1 (arnoweng's) have no BatchNorm counters; start them at 0.
+    if not any(k.endswith("num_batches_tracked") for k in state_dict):
+        counters = [k for k in target if k.endswith("num_batches_tracked")]
+        if counters:
+            for key in counters:
+                result[key] = target[key]
+            notes.append(f"the checkpoint predates BatchNorm's num_batches_tracked; set {len(counters)} counters to 0")
+
+    head_keys = [k for k in target if k.startswith(info.head_prefix)]
+    ckpt_head_keys = [k for k in state_dict if k.startswith(info.head_prefix)]
+    model_classes = int(target[info.head_prefix + "weight"].shape[0]) if head_keys else 0
+    if head_keys and not ckpt_head_keys:
+        notes.append(f"the checkpoint has no classifier; kept the model's freshly initialised "
+                     f"{model_classes}-class head")
+        result.update({k: target[k] for k in head_keys})
+    elif head_keys and sorted(ckpt_head_keys) == sorted(head_keys):
+        shapes_differ = [k for k in head_keys if state_dict[k].shape != target[k].shape]
+        # Only the class count (dim 0) may differ; another input width means another architecture.
+        if shapes_differ and all(state_dict[k].shape[1:] == target[k].shape[1:] for k in head_keys):
+            ckpt_classes = int(state_dict[info.head_prefix + "weight"].shape[0])
+            notes.append(
+                f"skipped the checkpoint's {ckpt_classes}-class head "
+                f"({', '.join(f'{k} {list(state_dict[k].shape)}' for k in head_keys)}); "
+                f"the model keeps its freshly initialised {model_classes}-class head")
+            result.update({k: target[k] for k in head_keys})
+
+    missing = [k for k in target if k not in result]
+    unexpected = [k for k in result if k not in target]
+    mismatched = [k for k in target if k in result and result[k].shape != target[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_first(unexpected)}")
+    if mismatched:
+        shown = [f"{k} (checkpoint {list(result[k].shape)}, model {list(target[k].shape)})" for k in mismatched]
+        problems.append(f"shape mismatch: {_first(shown)}")
+        if any("pos_embed" in k for k in mismatched):
+            problems.append("the model was built for another input size than the checkpoint (img_size)")
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit {info.name} after key conversion: " + "; ".join(problems))
+    return {k: result[k] for k in target}

@@ -1,0 +1,180 @@
+"""The five networks of the project by name: facts about each (:class:`ModelInfo`) and how to build it.
+
+EEEA-Net-C2 and OFA-595 are built by :mod:`common.models.ofa_mobilenetv3`; CheXNet (DenseNet-121), Visformer-small
+and AutoFormerV2-base (S3-B) come from timm, which holds numerically identical versions of the published networks
+(architectures.md §7-§9, §12). Nothing is downloaded while building.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional
+
+import timm
+from torch import nn
+
+from common.constants import IMAGENET_MEAN, IMAGENET_STD
+from common.errors import UserError
+from common.models import ofa_mobilenetv3
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about one registered network.
+
+    Attributes:
+        name: registry name (also used in checkpoints and logs).
+        display_class_name: class name the original para-test scripts printed.
+        native_size: input resolution the ImageNet weights were trained at.
+        mean, std: input normalisation (ImageNet statistics for all five).
+        imagenet_url: where the published ImageNet-1k weights live (architectures.md §11).
+        seed_count_classes: head size the original para-test counted with (14, or 1000 where it forgot to
+            replace the head).
+        num_features: width of the pre-logits vector the classifier attaches to.
+        head_prefix: state-dict prefix of the classifier's parameters in this project's naming.
+        min_img_size: smallest square input the network can process.
+        img_size_multiple: input sizes must be a multiple of this.
+        fixed_input_size: True when the built model accepts only the ``img_size`` it was built for (position
+            embeddings / attention windows depend on it); False when any size >= ``min_img_size`` works.
+        timm_name: the timm architecture used, or None for the OFA subnets built here.
+    """
+
+    name: str
+    display_class_name: str
+    native_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    imagenet_url: str
+    seed_count_classes: int
+    num_features: int
+    head_prefix: str
+    min_img_size: int
+    img_size_multiple: int
+    fixed_input_size: bool
+    timm_name: Optional[str]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    build: Callable[[int, int], nn.Module]  # (num_classes, img_size) -> model with random weights
+
+
+def _build_ofa(config: ofa_mobilenetv3.OFASubnetConfig) -> Callable[[int, int], nn.Module]:
+    # Convolutions and global pooling only: the built network does not depend on the input size.
+    return lambda num_classes, img_size: ofa_mobilenetv3.MobileNetV3(config, num_classes)
+
+
+def _build_timm(timm_name: str, pass_img_size: bool) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, img_size: int) -> nn.Module:
+        kwargs = {"img_size": img_size} if pass_img_size else {}
+        # pretrained=False: timm must never download at build time (weights come from load_pretrained).
+        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+    return build
+
+
+def _info(**kwargs) -> ModelInfo:
+    return ModelInfo(mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs)
+
+
+# Minimum sizes were found by building each model and running one forward pass per size (torch 2.14.1,
+# timm 1.0.31): the OFA subnets pad every convolution, so any size works; DenseNet-121's last transition
+# pooling needs >= 29; Visformer's stem and patch embeddings need an even size >= 32 (odd sizes make the stem
+# output disagree with its position embedding); timm's Swin pads to whole windows but its 4x4 patch embedding
+# needs >= 4.
+_REGISTRY: Mapping[str, _Entry] = MappingProxyType({
+    "eeea_c2": _Entry(_info(
+        name="eeea_c2", display_class_name="MobileNetV3", native_size=192,
+        imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt",
+        seed_count_classes=14, num_features=1280, head_prefix="classifier.linear.",
+        min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
+    ), _build_ofa(ofa_mobilenetv3.EEEA_C2_CONFIG)),
+    "ofa595": _Entry(_info(
+        name="ofa595", display_class_name="MobileNetV3", native_size=236,
+        imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt",
+        seed_count_classes=14, num_features=1536, head_prefix="classifier.linear.",
+        min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
+    ), _build_ofa(ofa_mobilenetv3.OFA595_CONFIG)),
+    "chexnet": _Entry(_info(
+        name="chexnet", display_class_name="DenseNet121", native_size=224,
+        imagenet_url="https://download.pytorch.org/models/densenet121-a639ec97.pth",
+        seed_count_classes=14, num_features=1024, head_prefix="classifier.",
+        min_img_size=29, img_size_multiple=1, fixed_input_size=False, timm_name="densenet121",
+    ), _build_timm("densenet121", pass_img_size=False)),
+    "visformer_small": _Entry(_info(
+        name="visformer_small", display_class_name="Visformer", native_size=224,
+        imagenet_url="https://github.com/danczs/Visformer/releases/download/v1.0.0/visformer_small.pth",
+        seed_count_classes=1000, num_features=768, head_prefix="head.",
+        min_img_size=32, img_size_multiple=2, fixed_input_size=True, timm_name="visformer_small",
+    ), _build_timm("visformer_small", pass_img_size=True)),
+    "autoformerv2_base": _Entry(_info(
+        name="autoformerv2_base", display_class_name="SSSTransformer", native_size=224,
+        imagenet_url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+                     "s3_b-a1e95db4.pth",
+        seed_count_classes=1000, num_features=768, head_prefix="head.fc.",
+        min_img_size=4, img_size_multiple=1, fixed_input_size=True, timm_name="swin_s3_base_224",
+    ), _build_timm("swin_s3_base_224", pass_img_size=True)),
+})
+
+
+def list_models() -> list[str]:
+    """Registered names, in the order of the repository's numbered folders (1-5)."""
+    return list(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model; :class:`UserError` for an unknown name."""
+    return _entry(name).info
+
+
+def check_img_size(name: str, img_size: int) -> None:
+    """Raise :class:`UserError` when model ``name`` cannot process ``img_size`` x ``img_size`` inputs."""
+    info = model_info(name)
+    if isinstance(img_size, bool) or not isinstance(img_size, int):
+        raise UserError(f"img_size must be an integer, got {img_size!r}")
+    if img_size < info.min_img_size or img_size % info.img_size_multiple:
+        need = f"a multiple of {info.img_size_multiple} and " if info.img_size_multiple > 1 else ""
+        raise UserError(f"img_size {img_size} does not work for {name}: it needs {need}at least "
+                        f"{info.min_img_size} pixels")
+
+
+def create_model(name: str, num_classes: int = 14, pretrained: Optional[str] = None,
+                 img_size: Optional[int] = None) -> nn.Module:
+    """Build a registered model with random weights, then optionally load weights.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: size of the classification head (14 for ChestX-ray14). The model returns logits.
+        pretrained: None (random weights), ``"imagenet"`` (the published ImageNet weights, downloaded into the
+            torch hub cache unless already there), or a local checkpoint path in any format that
+            :func:`common.models.load_pretrained` accepts. Heads of another class count are left freshly
+            initialised and reported.
+        img_size: input resolution the model will see; defaults to the native one. It changes the built model
+            only for Visformer and AutoFormerV2 (position embeddings / attention windows), which then accept
+            exactly this size.
+
+    Raises:
+        UserError: unknown name, an input size the model cannot process, or a checkpoint problem.
+
+    Example:
+        >>> model = create_model("eeea_c2", num_classes=14)
+        >>> model(torch.zeros(1, 3, 224, 224)).shape
+        torch.Size([1, 14])
+    """
+    entry = _entry(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+    size = entry.info.native_size if img_size is None else img_size
+    check_img_size(name, size)
+    model = entry.build(num_classes, size)
+    if pretrained is not None:
+        # Imported here because pretrained.py uses this registry.
+        from common.models.pretrained import load_pretrained
+        load_pretrained(model, name, pretrained)
+    return model

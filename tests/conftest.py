@@ -1,0 +1,26 @@
+"""Shared fixtures: a tiny synthetic CXR8 data set, generated once per test session."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.synthetic import generate_synthetic_cxr8
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small synthetic data set: ``root/images``, ``root/labels/{train,val,test}_list.txt``, Data_Entry, lists."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_cxr8(root, num_patients=40, image_size=64, seed=1)
+    return root
+
+
+def run_script(script: str, *args, cwd=None, timeout=600):
+    """Run a numbered folder's script as a user would; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,103 @@
+"""Folder 6: cached == online teacher logits on the same view, and a tiny end-to-end distillation + comparison."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.cli import folder_main
+from common.constants import DISTILL_FOLDER
+from common.data import build_transform
+from common.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, Teacher, build_or_load_cache
+from common.losses import MultiLabelKDLoss
+from common.pipeline import SplitData
+from conftest import REPO
+
+TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
+        "--lr", "1e-3", "--warmup-epochs", "0"]
+
+
+def train(folder: str, out_root: Path, synthetic: Path, *extra):
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
+            "--output-dir", str(out_root / folder), *extra]
+    assert folder_main(str(REPO / folder / "train-model.py"), argv) == 0
+
+
+@pytest.fixture(scope="module")
+def teachers(synthetic, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    train("1-EEEA-Net-C2", root, synthetic)
+    train("2-OFA-595", root, synthetic)
+    return root
+
+
+def test_cached_and_online_give_the_same_loss_on_the_same_view(teachers, synthetic, tmp_path):
+    teacher = Teacher(teachers / "2-OFA-595" / "model2.pth", 2)
+    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    cached = build_or_load_cache(teacher, data, tmp_path, 8, torch.device("cpu"), None)
+    # The same deterministic view for the student batch and the cache: the eval transform at the teacher's size.
+    view = build_transform(teacher.img_size, teacher.mean, teacher.std, train=False)
+    loader = data.loader("train", view, 8, shuffle=False)
+    batch = next(iter(loader))
+    online = OnlineTeachers([teacher], teacher.mean, teacher.std, torch.device("cpu"))(batch)
+    from_cache = CachedTeachers([cached], torch.device("cpu"))(batch)
+    assert torch.allclose(online, from_cache, atol=2e-2, rtol=1e-2)  # the cache is fp16
+    student_logits = torch.randn(batch["target"].shape)
+    kd = MultiLabelKDLoss(alpha=0.5, temperature=2.0)
+    loss_online = DistillationCriterion(kd, lambda b: online)(student_logits, batch)
+    loss_cached = DistillationCriterion(kd, lambda b: from_cache)(student_logits, batch)
+    assert abs(loss_online.item() - loss_cached.item()) < 1e-3
+    # A second call reuses the file; a changed image list gives a different key and a rebuilt cache.
+    again = build_or_load_cache(teacher, data, tmp_path, 8, torch.device("cpu"), None)
+    assert torch.equal(again, cached)
+    data.split.parts["train"].names = data.split.parts["train"].names[:-1]
+    data.split.parts["train"].labels = data.split.parts["train"].labels[:-1]
+    data.split.parts["train"].patient_ids = data.split.parts["train"].patient_ids[:-1]
+    rebuilt = build_or_load_cache(teacher, data, tmp_path, 8, torch.device("cpu"), None)
+    assert rebuilt.shape[0] == cached.shape[0] - 1
+    assert len(list(tmp_path.glob("teacher2-*.pt"))) == 1
+
+
+def test_tiny_distillation_and_comparison(teachers, synthetic):
+    student_dir = teachers / DISTILL_FOLDER
+    common = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
+              "--output-dir", str(student_dir), "--teacher-mode", "cached"]
+    script = str(REPO / DISTILL_FOLDER / "train-model.py")
+    assert folder_main(script, common + ["--teacher", "all"]) == 0
+    assert folder_main(script, common + ["--teacher", "ensemble", "--ensemble-weights", "auroc",
+                                         "--teacher-mode", "online"]) == 0
+    for name in ("modeld1.pth", "modeld2.pth", "modeld-ensemble.pth", "modeld1-last.pth"):
+        assert (student_dir / name).is_file(), name
+    checkpoint = torch.load(student_dir / "modeld-ensemble.pth", map_location="cpu", weights_only=True)
+    assert [t["index"] for t in checkpoint["distillation"]["teachers"]] == [1, 2]
+    assert checkpoint["model_name"] == "eeea_c2"
+
+    assert folder_main(str(REPO / DISTILL_FOLDER / "test-model.py"),
+                       ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", "--n-boot", "50"]) == 0
+    for name in ("comparison.md", "comparison.csv", "comparison-per-class.csv", "comparison-bootstrap.csv",
+                 "comparison.json", "comparison-auroc.png"):
+        assert (student_dir / name).is_file(), name
+    with open(student_dir / "comparison.csv") as stream:
+        rows = {row["model"]: row for row in csv.DictReader(stream)}
+    assert rows["model3"]["status"] == "missing" and rows["modeld3"]["status"] == "missing"
+    # The comparison's numbers equal those of test-model.py in each folder.
+    for index, folder in ((1, "1-EEEA-Net-C2"), (2, "2-OFA-595")):
+        out = teachers / folder
+        assert folder_main(str(REPO / folder / "test-model.py"),
+                           ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0", "--device", "cpu"]) == 0
+        report = json.loads((out / f"model{index}-test.json").read_text())
+        assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
+        assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
+            report["threshold_0.5"]["macro"]["f1"], abs=1e-12)
+    boot = {row["student"]: row for row in csv.DictReader(open(student_dir / "comparison-bootstrap.csv"))}
+    assert boot["modeld2"]["status"] == "ok" and float(boot["modeld2"]["ci_low"]) <= float(boot["modeld2"]["ci_high"])
+    assert "missing" in boot["modeld3"]["status"]
+
+
+def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic):
+    from common.errors import run_main
+    from common import distill
+    argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"),
+            "--output-dir", str(tmp_path / DISTILL_FOLDER)]
+    assert run_main(lambda a: distill.main(a, folder=tmp_path / DISTILL_FOLDER), argv) == 2
