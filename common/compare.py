@@ -156,8 +156,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
             lines.append(f"| {row['label']} | {Path(row['file']).name} | missing | | | | | | |")
             continue
         lines.append(f"| {row['label']} | {Path(row['file']).name} | {row['params'] / 1e6:.2f}M | "
-                     f"{row['macs'] / 1e9:.2f}G @{row['img_size']} | {row['mean_auroc']:.4f} | "
-                     f"{row['mean_f1@0.5']:.4f} | {row['accuracy@0.5']:.4f} | {_fmt(row['mean_f1@val'])} | "
+                     f"{row['macs'] / 1e9:.2f}G @{row['img_size']} | {_fmt(row['mean_auroc'])} | "
+                     f"{_fmt(row['mean_f1@0.5'])} | {_fmt(row['accuracy@0.5'])} | {_fmt(row['mean_f1@val'])} | "
                      f"{_fmt(row['accuracy@val'])} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
               "| teacher | teacher mean AUROC | student mean AUROC | student − teacher | student − EEEA-Net-C2 "
@@ -188,7 +188,7 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
                 cells[row["model"]] = "n/a" if value is None else f"{value:.4f}"
         per_class.append({"class": name, **cells})
         lines.append(f"| {name} | " + " | ".join(cells.values()) + " |")
-    lines.append(f"| **mean** | " + " | ".join(f"{r['mean_auroc']:.4f}" for r in rows if r["status"] == "ok") + " |")
+    lines.append(f"| **mean** | " + " | ".join(_fmt(r["mean_auroc"]) for r in rows if r["status"] == "ok") + " |")
     lines += ["", "Bootstrap: patients resampled with replacement (paired: the same resamples for both models), "
               f"{bootstrap[0].get('n_boot', 0) if bootstrap else 0} resamples; the interval is the 2.5-97.5 "
               "percentile range of the mean-AUROC difference. An interval above 0 means distillation helped.", ""]

@@ -114,6 +114,10 @@ def write_results(result: TestResult) -> dict:
     return paths
 
 
+def _cell(value) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
 def _per_class_csv(report: dict) -> str:
     rows = ["class,positives,auroc,f1@0.5,accuracy@0.5,sensitivity@0.5,specificity@0.5,threshold_val,"
             "f1@val,accuracy@val,sensitivity@val,specificity@val"]
@@ -122,10 +126,10 @@ def _per_class_csv(report: dict) -> str:
     for index, name in enumerate(report["classes"]):
         auroc = report["auroc"][name]
         cells = [name, str(report["positives"][name]), "n/a" if auroc is None else f"{auroc:.6f}"]
-        cells += [f"{at_half[m][name]:.6f}" for m in ("f1", "accuracy", "sensitivity", "specificity")]
+        cells += [_cell(at_half[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
         if at_val:
-            cells.append(f"{at_val['thresholds'][name]:.6f}")
-            cells += [f"{at_val[m][name]:.6f}" for m in ("f1", "accuracy", "sensitivity", "specificity")]
+            cells.append(_cell(at_val["thresholds"][name]))
+            cells += [_cell(at_val[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
         else:
             cells += [""] * 5
         rows.append(",".join(cells))

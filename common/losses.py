@@ -44,7 +44,8 @@ class LabelLoss(nn.Module):
     def forward(self, logits, targets):
         """Loss of [B, C] logits (no sigmoid applied) against [B, C] 0/1 (or soft) targets."""
         if logits.shape != targets.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} "
+                             "must have the same shape")
         if self.pos_weight is not None and self.pos_weight.shape[0] != logits.shape[-1]:
             raise ValueError(f"pos_weight has {self.pos_weight.shape[0]} classes, logits have {logits.shape[-1]}")
         # Autocast off and explicit float32: the loss must not run in half precision.

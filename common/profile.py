@@ -93,14 +93,16 @@ def thop_total(model: nn.Module, img_size: int, verbose: bool = False) -> float:
 
 def macs(model: nn.Module, img_size: int) -> int:
     """Multiply-accumulates for one image (batch 1, eval mode): ``FlopCounterMode`` total divided by 2."""
-    was_training = model.training
+    # Restore each module's own mode afterwards (a caller may keep, say, frozen BatchNorms in eval mode).
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             model(_example_input(model, img_size))
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return counter.get_total_flops() // 2
 
 
@@ -114,7 +116,7 @@ def median_latency_ms(model: nn.Module, img_size: int, device: str | torch.devic
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     device = torch.device(device)
     probe = copy.deepcopy(model).to(device).eval()
-    x = torch.randn(1, 3, img_size, img_size, device=device)
+    x = _example_input(probe, img_size)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():

@@ -38,7 +38,8 @@ def test_registry_names_and_facts():
         "eeea_c2": (192, 1280, 14, "MobileNetV3", "jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt"),
         "ofa595": (236, 1536, 14, "MobileNetV3", "jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt"),
         "chexnet": (224, 1024, 14, "DenseNet121", "download.pytorch.org/models/densenet121-a639ec97.pth"),
-        "visformer_small": (224, 768, 1000, "Visformer", "danczs/Visformer/releases/download/v1.0.0/visformer_small.pth"),
+        "visformer_small": (224, 768, 1000, "Visformer", "danczs/Visformer/releases/download/v1.0.0/"
+                                                         "visformer_small.pth"),
         "autoformerv2_base": (224, 768, 1000, "SSSTransformer", "v0.1-weights/s3_b-a1e95db4.pth"),
     }
     for name, (native, features, seed_classes, display, url_tail) in expected.items():

@@ -55,6 +55,10 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
             - timm's own files, with or without ``module.`` / ``_orig_mod.`` prefixes;
             - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``).
 
+    A checkpoint head with another class count, or no head, leaves the model's head as it is (reported); any
+    other difference is an error. Swin relative-position tables of another window size are resized by timm's
+    converter (reported). The word ``"imagenet"`` always means the published weights, never a file of that name.
+
     Returns:
         Human-readable notes (also printed, one ``=> ...`` line each): conversions applied, head keys skipped.
 
@@ -70,7 +74,7 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
     state_dict = _strip_wrapper_prefixes(state_dict, notes)
     try:
         state_dict = _CONVERTERS[model_name](state_dict, model, notes)
-    except _KeyCollision as err:
+    except _ConversionError as err:
         raise UserError(f"checkpoint {path}: {err}") from None
     state_dict = _match_to_model(state_dict, model, info, path, notes)
     # Strict: _match_to_model has produced exactly the model's keys and shapes.
@@ -194,14 +198,14 @@ def _strip_wrapper_prefixes(state_dict: StateDict, notes: list[str]) -> StateDic
         state_dict = stripped
 
 
-class _KeyCollision(Exception):
-    """Two checkpoint keys map to the same name (e.g. both `classifier.weight` and `classifier.linear.weight`)."""
+class _ConversionError(Exception):
+    """A key conversion cannot apply to this checkpoint (turned into a UserError naming the file)."""
 
 
 def _rename(state_dict: StateDict, rename: Callable[[str], str], notes: list[str], what: str) -> StateDict:
     renamed = {rename(key): value for key, value in state_dict.items()}
     if len(renamed) != len(state_dict):
-        raise _KeyCollision(f"two keys get the same name after the rename {what}")
+        raise _ConversionError(f"two keys get the same name after the rename {what}")
     changed = sum(new != old for new, old in zip(renamed, state_dict))
     if changed:
         notes.append(f"renamed {changed} keys: {what}")
@@ -246,7 +250,11 @@ def _convert_swin(state_dict: StateDict, model: nn.Module, notes: list[str]) -> 
     # timm's own converter: drops the relative_position_index / attn_mask buffers, moves Cream's end-of-stage
     # downsampling to the start of the next stage, renames head.* to head.fc.*, and resizes relative-position
     # tables when the model was built for another input size. Harmless on timm-format files.
-    converted = checkpoint_filter_fn(state_dict, model)
+    try:
+        converted = checkpoint_filter_fn(state_dict, model)
+    except AttributeError as err:
+        # A relative-position table for a block the model does not have (another Swin depth).
+        raise _ConversionError(f"timm's Swin converter failed ({err}); is this an S3-B checkpoint?") from None
     if cream:
         notes.append(f"converted Cream/darmo AutoFormerV2 naming ({len(state_dict)} entries) to timm's "
                      f"swin_s3_base_224 naming ({len(converted)} entries) with timm's checkpoint_filter_fn")
@@ -282,7 +290,7 @@ def _match_to_model(state_dict: StateDict, model: nn.Module, info: ModelInfo, pa
         counters = [k for k in target if k.endswith("num_batches_tracked")]
         if counters:
             for key in counters:
-                result[key] = target[key]
+                result[key] = torch.zeros_like(target[key])
             notes.append(f"the checkpoint predates BatchNorm's num_batches_tracked; set {len(counters)} counters to 0")
 
     head_keys = [k for k in target if k.startswith(info.head_prefix)]
