@@ -26,6 +26,7 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary, shareable file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -40,6 +41,7 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -146,7 +146,7 @@ def _csv_text(rows: list[dict]) -> str:
 def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop) -> list[Path]:
     by_key = {row["model"]: row for row in rows}
     lines = [f"# Before / after distillation into EEEA-Net-C2", "",
-             f"Test split: {split_text}. Labels: {labels}. Evaluation: {crop}. Metrics from scikit-learn; "
+             f"Test part of {split_text}. Evaluation: {crop}. Metrics from scikit-learn; "
              "F1 and accuracy macro-averaged over the 14 classes, at threshold 0.5 and at per-class thresholds "
              "chosen on the validation split (max F1).", "",
              "| model | file | params | MACs | mean AUROC | mean F1@0.5 | accuracy@0.5 | mean F1@val | accuracy@val |",

@@ -11,8 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from . import compare, distill, evaluation, training
 from .constants import DISTILL_FOLDER, MODEL_FOLDERS
 from .errors import ArgumentParser, non_negative_int, positive_int, run_main
@@ -49,7 +47,6 @@ def _train_flags(args, epochs: int) -> list[str]:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     root = Path(args.output_dir)
     data_dir = root / "data"

@@ -6,17 +6,18 @@ once on the deterministic eval view of every training image (``cached``).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_atomic
 from .constants import DISTILL_FOLDER, MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
 from .errors import UserError, positive_float, unit_fraction
+from .engine import progress
 from .evaluation import load_model_for_test
 from .losses import MultiLabelKDLoss, auroc_teacher_weights
 from .pipeline import SplitData, eval_transform_for
@@ -167,9 +168,9 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
                                          pin_memory=device.type == "cuda")
     teacher.model.to(device)
     with torch.no_grad():
-        progress = tqdm(loader, desc=f"teacher cache {path.name}", unit="batch", dynamic_ncols=True,
-                        initial=state["filled"] // batch_size)
-        for step, batch in enumerate(progress, start=1):
+        bar = progress(loader, f"teacher cache {path.name}", unit="batch", initial=state["filled"] // batch_size,
+                       total=state["filled"] // batch_size + len(loader))
+        for step, batch in enumerate(bar, start=1):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = teacher.model(batch["image"].to(device, non_blocking=True)).float()
             count = logits.shape[0]
@@ -242,6 +243,10 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
                               "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
                               "student_init": args.student_init}}
     init = args.student_init or args.pretrained
+    if args.resume == "auto" and not (output_dir / f"{prefix}-last.pth").is_file():
+        # With --teacher all, a teacher whose run never started has nothing to resume: it starts now.
+        print(f"--resume: no {prefix}-last.pth yet, so {prefix} starts from the beginning")
+        args = argparse.Namespace(**{**vars(args), "resume": None})
     summary = run_training(args, STUDENT_MODEL, prefix, output_dir,
                            make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
                            init_source=init, extra_metadata=extra)

@@ -6,6 +6,7 @@ A criterion is any callable ``criterion(logits, batch) -> loss``; distillation i
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -15,6 +16,13 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .losses import LabelLoss
+
+
+def progress(iterable, desc: str, **kwargs):
+    """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal."""
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30,
+                **kwargs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -90,8 +98,8 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
     model.train()
     total_loss, seen = 0.0, 0
     start = time.perf_counter()
-    progress = tqdm(loader, desc=f"epoch {epoch}/{epochs} train", unit="batch", dynamic_ncols=True, leave=False)
-    for step, batch in enumerate(progress):
+    bar = progress(loader, f"epoch {epoch}/{epochs} train", unit="batch")
+    for step, batch in enumerate(bar):
         batch = _to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"])
@@ -114,7 +122,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
         postfix = {"loss": f"{total_loss / seen:.4f}", "img/s": f"{seen / max(elapsed, 1e-9):.1f}",
                    "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
         postfix.update({k: f"{v:.4f}" for k, v in getattr(criterion, "last_terms", {}).items()})
-        progress.set_postfix(postfix)
+        bar.set_postfix(postfix, refresh=False)
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(seen, 1), "img_per_s": seen / max(seconds, 1e-9), "seconds": seconds,
             "images": seen}
@@ -129,7 +137,7 @@ def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channel
     """
     model.eval()
     all_logits, all_targets = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False):
+    for batch in progress(loader, desc, unit="batch"):
         batch = _to_device(batch, device, channels_last)
         images = batch["image"]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.synthetic import generate_synthetic_cxr8
 
@@ -24,3 +25,13 @@ def run_script(script: str, *args, cwd=None, timeout=600):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (2 shared cores: OpenMP barriers can stall a 30 ms forward pass for
+    seconds); the previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,17 +12,7 @@ NAMES = ["eeea_c2", "ofa595", "chexnet", "visformer_small", "autoformerv2_base"]
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module's forward passes on one intra-op thread, then restore the setting.
-
-    On a 2-core machine shared with other processes, OpenMP's 2-thread barriers can stall a 30 ms forward
-    pass for seconds; one thread keeps the module fast and its timing stable.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

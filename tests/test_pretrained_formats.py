@@ -19,13 +19,7 @@ from common.models import create_model, load_pretrained, model_info
 SIZE = 64  # small inputs keep the forward passes fast; every model accepts 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for this module (2 shared cores: OpenMP barriers can stall for seconds); restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

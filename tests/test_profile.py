@@ -11,13 +11,7 @@ from common.profile import count_parameters, macs, median_latency_ms, para_test_
 DASHES = "-" * 90
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for this module (2 shared cores: OpenMP barriers can stall for seconds); restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # name -> {(classes, input size): (params, thop total, MACs)}; AutoFormerV2-base and Visformer are checked through

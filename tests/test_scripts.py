@@ -102,14 +102,19 @@ def test_bad_inputs_give_one_line_and_exit_2(synthetic, tmp_path):
                                      "--split", bad_lists, *base, "--overwrite"), "line 3", "'7'")
 
     (bad_lists / "val_list.txt").write_text((synthetic / "labels" / "val_list.txt").read_text())
-    images = tmp_path / "few-images"
+    images = tmp_path / "some-broken-images"
     images.mkdir()
-    for path in sorted((synthetic / "images").glob("*.png"))[5:]:
+    for path in sorted((synthetic / "images").glob("*.png")):
         (images / path.name).write_bytes(path.read_bytes())
-    victim = sorted(images.glob("*.png"))[0]
+    victim = images / (bad_lists / "train_list.txt").read_text().splitlines()[5].split()[0]
     victim.write_bytes(b"broken")
     assert_one_line_error(run_script("3-CheXNet/train-model.py", "--data-dir", images, "--split", bad_lists,
-                                     *base, "--overwrite"), "listed image(s) are not under", images)
+                                     *base, "--overwrite"), "1 image(s)", "unreadable", victim.name)
+    train_names = [line.split()[0] for line in (bad_lists / "train_list.txt").read_text().splitlines()[:5]]
+    for name in train_names:
+        (images / name).unlink()
+    assert_one_line_error(run_script("3-CheXNet/train-model.py", "--data-dir", images, "--split", bad_lists,
+                                     *base, "--overwrite"), "5 of", "listed image(s) are not under", images, train_names[0])
     result = run_script("3-CheXNet/train-model.py", "--data-dir", synthetic / "images", "--split",
                         synthetic / "labels", *base, "--epochs", "-3")
     assert_one_line_error(result, "--epochs", "-3")
@@ -137,3 +142,14 @@ def test_wrong_checkpoints_are_refused(synthetic, tmp_path):
     assert_one_line_error(result, wrong_classes)
     missing = tmp_path / "absent.pth"
     assert_one_line_error(run_script("1-EEEA-Net-C2/test-model.py", "--checkpoint", missing), missing)
+
+
+@pytest.mark.parametrize("script, params, flops", [
+    ("1-EEEA-Net-C2/para-test-eeeac2.py", "4732838", "311335744.0"),
+    ("3-CheXNet/para-test-chexnet.py", "6968206", "2895997440.0"),
+])
+def test_para_test_scripts_print_the_reference_numbers(script, params, flops):
+    result = run_script(script, "--repeats", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"The total number of parameters: {params}" in result.stdout
+    assert f"Total FLOPs: {flops}" in result.stdout
