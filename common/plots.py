@@ -82,5 +82,5 @@ def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, 
     axis.set_xticks(positions, labels, rotation=15)
     axis.set_ylabel("test mean AUROC (%)")
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     _save(figure, png_path)
