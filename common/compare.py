@@ -14,7 +14,7 @@ from .checkpoint import load_checkpoint, write_text_atomic
 from .constants import CLASS_NAMES, MODEL_FOLDERS
 from .distill import teacher_path
 from .errors import ArgumentParser, UserError, positive_int
-from .evaluation import evaluate_checkpoint, load_model_for_test, print_result
+from .evaluation import evaluate_checkpoint, print_result
 from .metrics import patient_bootstrap_auroc_diff
 from .pipeline import SplitData
 from .plots import plot_before_after
@@ -84,10 +84,10 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
         result = evaluate_checkpoint(entry["path"], None, data, args)
         print_result(result)
-        checkpoint, model = load_model_for_test(entry["path"], None)
-        entry["params"] = count_parameters(model)
-        entry["img_size"] = checkpoint["img_size"]
-        entry["macs"] = macs(model, checkpoint["img_size"])
+        entry["params"] = count_parameters(result.model)
+        entry["img_size"] = result.report["img_size"]
+        entry["macs"] = macs(result.model, entry["img_size"])
+        result.model = None  # free it before the next model is loaded
         results[entry["key"]] = result
     rows = [_row(entry, results.get(entry["key"])) for entry in entries]
     bootstrap = _bootstrap(entries, results, args.n_boot)

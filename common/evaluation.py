@@ -30,6 +30,7 @@ class TestResult:
     targets: np.ndarray
     names: list
     patient_ids: np.ndarray
+    model: object = None        # the evaluated model (for parameter and MAC counts)
 
 
 def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
@@ -93,7 +94,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     })
     part_data = data.split.parts[part]
     return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
-                      part_data.patient_ids)
+                      part_data.patient_ids, model)
 
 
 def write_results(result: TestResult) -> dict:

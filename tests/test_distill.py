@@ -101,3 +101,29 @@ def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic):
     argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"),
             "--output-dir", str(tmp_path / DISTILL_FOLDER)]
     assert run_main(lambda a: distill.main(a, folder=tmp_path / DISTILL_FOLDER), argv) == 2
+
+
+def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypatch):
+    import common.distill as distill_module
+    teacher = Teacher(teachers / "1-EEEA-Net-C2" / "model1.pth", 1)
+    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    complete = build_or_load_cache(teacher, data, tmp_path / "reference", 8, torch.device("cpu"), None)
+
+    monkeypatch.setattr(distill_module, "SAVE_EVERY_BATCHES", 1)
+    forward = teacher.model.forward
+    calls = {"n": 0}
+
+    def interrupted_forward(images):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return forward(images)
+
+    monkeypatch.setattr(teacher.model, "forward", interrupted_forward)
+    with pytest.raises(KeyboardInterrupt):
+        build_or_load_cache(teacher, data, tmp_path / "cache", 8, torch.device("cpu"), None)
+    (partial,) = (tmp_path / "cache").glob("teacher1-*.pt")
+    assert torch.load(partial, weights_only=True)["filled"] == 3 * 8
+    monkeypatch.setattr(teacher.model, "forward", forward)
+    resumed = build_or_load_cache(teacher, data, tmp_path / "cache", 8, torch.device("cpu"), None)
+    assert torch.equal(resumed, complete)
