@@ -118,7 +118,7 @@ def main(argv=None):
             criterion = DistillationCriterion(MultiLabelKDLoss(), source)
             timings[mode] = time_training(student, criterion, loader, device, amp, args.steps)["img_per_s"]
         print(f"  teacher {folder:<22} online {timings['online']:8.1f} img/s, cached {timings['cached']:8.1f} "
-              f"img/s: cached is {timings['cached'] / timings['online']:.2f}x faster", flush=True)
+              f"img/s: cached/online {timings['cached'] / timings['online']:.2f}x", flush=True)
     return 0
 
 
