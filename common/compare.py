@@ -16,7 +16,7 @@ from .distill import teacher_path
 from .errors import ArgumentParser, UserError, positive_int
 from .evaluation import evaluate_checkpoint, print_result
 from .metrics import patient_bootstrap_auroc_diff
-from .pipeline import SplitData
+from .pipeline import make_paths_absolute, SplitData
 from .plots import plot_before_after
 from .profile import count_parameters, macs
 from .training import add_data_arguments
@@ -208,6 +208,7 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
 def main(argv=None, folder: Path | None = None):
     """Entry point of folder 6 ``test-model.py``."""
     args = get_args_parser().parse_args(argv)
+    make_paths_absolute(args)
     output_dir = Path(args.output_dir) if args.output_dir else Path(folder)
     teachers_root = Path(args.teachers_root) if args.teachers_root else output_dir.resolve().parent
     compare(args, teachers_root, output_dir)

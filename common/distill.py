@@ -20,7 +20,7 @@ from .errors import UserError, positive_float, unit_fraction
 from .engine import progress
 from .evaluation import load_model_for_test
 from .losses import MultiLabelKDLoss, auroc_teacher_weights
-from .pipeline import SplitData, eval_transform_for
+from .pipeline import make_paths_absolute, SplitData, eval_transform_for
 from .training import get_args_parser as get_train_parser
 from .training import pos_weight_for, run_training
 
@@ -258,6 +258,7 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
 def main(argv=None, folder: Path | None = None):
     """Entry point of folder 6: ``python train-model.py --teacher 1..5|all|ensemble``."""
     args = get_args_parser().parse_args(argv)
+    make_paths_absolute(args)
     if args.student_init and args.pretrained:
         raise UserError("--student-init and --pretrained both set the student's start; give one of them")
     output_dir = Path(args.output_dir) if args.output_dir else Path(folder)

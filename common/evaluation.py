@@ -14,7 +14,7 @@ from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import ArgumentParser, UserError, positive_int
 from .metrics import evaluation_report, format_auroc_lines, format_metrics_table
 from .models import create_model
-from .pipeline import SplitData, eval_transform_for
+from .pipeline import make_paths_absolute, SplitData, eval_transform_for
 from .plots import plot_roc_curves
 from .training import add_data_arguments
 
@@ -148,6 +148,7 @@ def print_result(result: TestResult) -> None:
 def main(argv=None, model_name: str = "chexnet", prefix: str = "model3", default_dir: Path | None = None):
     """Entry point of folders 1-5: ``python test-model.py [flags]``."""
     args = get_args_parser(description=f"Test {prefix}.pth ({model_name}) on the test split").parse_args(argv)
+    make_paths_absolute(args)
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(default_dir) / f"{prefix}.pth"
     print("=> loading checkpoint")
     result = evaluate_checkpoint(checkpoint, model_name, None, args)

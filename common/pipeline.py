@@ -23,6 +23,18 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(value).expanduser()
 
 
+def make_paths_absolute(args) -> None:
+    """Store ``--data-dir`` and a directory ``--split`` as absolute paths, so that checkpoints which record them
+    work from any folder and compare equal however the path was typed."""
+    if getattr(args, "data_dir", None):
+        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    split = getattr(args, "split", None)
+    if split and split not in ("official", "arnoweng") and Path(split).is_dir():
+        args.split = str(Path(split).resolve())
+    if getattr(args, "label_file", None) and args.label_file not in ("2017", "v2020"):
+        args.label_file = str(Path(args.label_file).expanduser().resolve())
+
+
 class SplitData:
     """A split, the image index of ``data_dir`` and loader factories for its parts."""
 

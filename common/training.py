@@ -18,7 +18,7 @@ from .errors import (ArgumentParser, UserError, non_negative_float, non_negative
 from .losses import LabelLoss
 from .metrics import choose_thresholds, mean_auroc, per_class_auroc
 from .models import create_model, load_pretrained, model_info
-from .pipeline import SplitData, default_workers, eval_transform_for
+from .pipeline import make_paths_absolute, SplitData, default_workers, eval_transform_for
 from .plots import plot_training_curves
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_mean_auroc", "best_val_mean_auroc", "lr", "img_per_s", "epoch_seconds")
@@ -256,6 +256,7 @@ def main(argv=None, model_name: str = "chexnet", prefix: str = "model3", default
     """Entry point of folders 1-5: ``python train-model.py [flags]``."""
     parser = get_args_parser(description=f"Train {model_name} on ChestX-ray14; writes {prefix}.pth")
     args = parser.parse_args(argv)
+    make_paths_absolute(args)
     output_dir = Path(args.output_dir) if args.output_dir else default_output
     run_training(args, model_name, prefix, output_dir, init_source=args.pretrained)
     return 0
