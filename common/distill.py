@@ -247,12 +247,10 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
         # With --teacher all, a teacher whose run never started has nothing to resume: it starts now.
         print(f"--resume: no {prefix}-last.pth yet, so {prefix} starts from the beginning")
         args = argparse.Namespace(**{**vars(args), "resume": None})
-    summary = run_training(args, STUDENT_MODEL, prefix, output_dir,
-                           make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
-                           init_source=init, extra_metadata=extra)
-    if args.student_init:
-        print("=> loaded student_checkpoint")
-    return summary
+    # load_pretrained prints "=> loaded <file> into eeea_c2" when the student checkpoint is in.
+    return run_training(args, STUDENT_MODEL, prefix, output_dir,
+                        make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
+                        init_source=init, extra_metadata=extra)
 
 
 def main(argv=None, folder: Path | None = None):

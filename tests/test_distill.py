@@ -127,3 +127,24 @@ def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypa
     monkeypatch.setattr(teacher.model, "forward", forward)
     resumed = build_or_load_cache(teacher, data, tmp_path / "cache", 8, torch.device("cpu"), None)
     assert torch.equal(resumed, complete)
+
+
+def test_online_teacher_gets_its_own_size_and_normalisation():
+    class Recorder(torch.nn.Module):
+        def forward(self, images):
+            self.seen = images
+            return torch.zeros(images.shape[0], 14)
+
+    class FakeTeacher:
+        model, img_size, mean, std = Recorder(), 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    student_mean, student_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = torch.rand(2, 3, 32, 32)
+    student_batch = (pixels - torch.tensor(student_mean).view(1, 3, 1, 1)) / torch.tensor(student_std).view(1, 3, 1, 1)
+    logits = OnlineTeachers([FakeTeacher()], student_mean, student_std, torch.device("cpu"))({"image": student_batch})
+    assert logits.shape == (1, 2, 14)
+    seen = FakeTeacher.model.seen
+    assert seen.shape == (2, 3, 48, 48)
+    expected = torch.nn.functional.interpolate((pixels - 0.5) / 0.25, size=(48, 48), mode="bilinear",
+                                               align_corners=False, antialias=True)
+    assert torch.allclose(seen, expected, atol=1e-5)
