@@ -11,7 +11,6 @@ comparable; absolute numbers are not comparable across machines.
 from __future__ import annotations
 
 import sys
-import time
 
 import torch
 

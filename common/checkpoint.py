@@ -54,7 +54,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not a checkpoint".
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:

@@ -16,7 +16,7 @@ from .distill import teacher_path
 from .errors import ArgumentParser, UserError, positive_int
 from .evaluation import evaluate_checkpoint, print_result
 from .metrics import patient_bootstrap_auroc_diff
-from .pipeline import make_paths_absolute, SplitData
+from .pipeline import make_paths_absolute, split_data_for, split_mismatch
 from .plots import plot_before_after
 from .profile import count_parameters, macs
 from .training import add_data_arguments
@@ -68,14 +68,11 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     reference = load_checkpoint(present[0]["path"])["config"]
     for entry in present[1:]:
         config = load_checkpoint(entry["path"])["config"]
-        for key in ("split", "label_file", "val_fraction", "seed"):
-            if config.get(key) != reference.get(key):
-                raise UserError(f"{entry['path']} was trained with --{key.replace('_', '-')} {config.get(key)}, "
-                                f"{present[0]['path']} with {reference.get(key)}: the comparison needs one split")
-    data = SplitData(args.data_dir or reference.get("data_dir"), args.split or reference["split"],
-                     args.label_file if args.label_file is not None else reference.get("label_file"),
-                     args.val_fraction if args.val_fraction is not None else reference.get("val_fraction", 0.1),
-                     reference.get("seed", 0), parts=("test",), workers=args.workers)
+        key = split_mismatch(config, reference)
+        if key:
+            raise UserError(f"{entry['path']} was trained with --{key.replace('_', '-')} {config.get(key)}, "
+                            f"{present[0]['path']} with {reference.get(key)}: the comparison needs one split")
+    data = split_data_for(reference, args, parts=("test",))
     results = {}
     for entry in entries:
         if not entry["path"].is_file():
@@ -145,7 +142,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop) -> list[Path]:
     by_key = {row["model"]: row for row in rows}
-    lines = [f"# Before / after distillation into EEEA-Net-C2", "",
+    lines = ["# Before / after distillation into EEEA-Net-C2", "",
              f"Test part of {split_text}. Evaluation: {crop}. Metrics from scikit-learn; "
              "F1 and accuracy macro-averaged over the 14 classes, at threshold 0.5 and at per-class thresholds "
              "chosen on the validation split (max F1).", "",
@@ -188,7 +185,7 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
                 cells[row["model"]] = "n/a" if value is None else f"{value:.4f}"
         per_class.append({"class": name, **cells})
         lines.append(f"| {name} | " + " | ".join(cells.values()) + " |")
-    lines.append(f"| **mean** | " + " | ".join(_fmt(r["mean_auroc"]) for r in rows if r["status"] == "ok") + " |")
+    lines.append("| **mean** | " + " | ".join(_fmt(r["mean_auroc"]) for r in rows if r["status"] == "ok") + " |")
     lines += ["", "Bootstrap: patients resampled with replacement (paired: the same resamples for both models), "
               f"{bootstrap[0].get('n_boot', 0) if bootstrap else 0} resamples; the interval is the 2.5-97.5 "
               "percentile range of the mean-AUROC difference. An interval above 0 means distillation helped.", ""]

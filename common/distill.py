@@ -14,20 +14,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_atomic
-from .constants import DISTILL_FOLDER, MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
-from .errors import UserError, positive_float, unit_fraction
+from .checkpoint import save_atomic
+from .constants import MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
+from .errors import ArgumentParser, UserError, positive_float, unit_fraction
 from .engine import progress
 from .evaluation import load_model_for_test
 from .losses import MultiLabelKDLoss, auroc_teacher_weights
-from .pipeline import make_paths_absolute, SplitData, eval_transform_for
+from .pipeline import SplitData, eval_transform_for, make_paths_absolute, split_mismatch
 from .training import get_args_parser as get_train_parser
-from .training import pos_weight_for, run_training
+from .training import pos_weight_for, run_training, training_data
 
 SAVE_EVERY_BATCHES = 50  # how often an interrupted cache build can resume from
 
 
-def get_args_parser() -> "ArgumentParser":  # noqa: F821  (common.errors.ArgumentParser)
+def get_args_parser() -> ArgumentParser:
     """Training flags plus the teacher, loss and cache flags of the distillation folder."""
     parser = get_train_parser(prog="train-model.py",
                               description="Distil a teacher (model1..5.pth) into EEEA-Net-C2 (modeldK.pth)")
@@ -94,20 +94,24 @@ class OnlineTeachers:
 
     def __init__(self, teachers: list[Teacher], student_mean, student_std, device):
         self.teachers = teachers
-        self.device = device
-        self.student_mean = torch.tensor(student_mean, device=device).view(1, 3, 1, 1)
-        self.student_std = torch.tensor(student_std, device=device).view(1, 3, 1, 1)
+        # Per teacher, once: an affine map from student-normalised to teacher-normalised pixels (None: identical).
+        self.renormalise = [self._affine(student_mean, student_std, t.mean, t.std, device) for t in teachers]
         for teacher in teachers:
             teacher.model.to(device)
 
-    def view_for(self, teacher: Teacher, images: torch.Tensor) -> torch.Tensor:
-        """The student batch as this teacher expects it (its size and its mean/std)."""
-        if teacher.mean != tuple(self.student_mean.flatten().tolist()) or \
-                teacher.std != tuple(self.student_std.flatten().tolist()):
-            pixels = images * self.student_std + self.student_mean
-            mean = torch.tensor(teacher.mean, device=images.device).view(1, 3, 1, 1)
-            std = torch.tensor(teacher.std, device=images.device).view(1, 3, 1, 1)
-            images = (pixels - mean) / std
+    @staticmethod
+    def _affine(student_mean, student_std, teacher_mean, teacher_std, device):
+        if tuple(student_mean) == tuple(teacher_mean) and tuple(student_std) == tuple(teacher_std):
+            return None
+        as_tensor = lambda values: torch.tensor(values, device=device).view(1, 3, 1, 1)  # noqa: E731
+        scale = as_tensor(student_std) / as_tensor(teacher_std)
+        return scale, (as_tensor(student_mean) - as_tensor(teacher_mean)) / as_tensor(teacher_std)
+
+    def view_for(self, index: int, images: torch.Tensor) -> torch.Tensor:
+        """The student batch as teacher ``index`` expects it (its size and its mean/std)."""
+        teacher, affine = self.teachers[index], self.renormalise[index]
+        if affine is not None:
+            images = images * affine[0] + affine[1]
         if images.shape[-1] != teacher.img_size or images.shape[-2] != teacher.img_size:
             images = F.interpolate(images, size=(teacher.img_size, teacher.img_size), mode="bilinear",
                                    align_corners=False, antialias=True)
@@ -115,7 +119,7 @@ class OnlineTeachers:
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
-        return torch.stack([t.model(self.view_for(t, batch["image"])).float() for t in self.teachers])
+        return torch.stack([t.model(self.view_for(i, batch["image"])).float() for i, t in enumerate(self.teachers)])
 
 
 class CachedTeachers:
@@ -201,11 +205,11 @@ class DistillationCriterion:
 def check_same_split(teacher: Teacher, args) -> None:
     """A teacher trained on another split may have seen the student's validation or test patients."""
     config = teacher.checkpoint["config"]
-    for key in ("split", "label_file", "val_fraction", "seed"):
-        if config.get(key) != getattr(args, key):
-            raise UserError(f"teacher {teacher.path} was trained with --{key.replace('_', '-')} {config.get(key)}, "
-                            f"the student with {getattr(args, key)}: distil on the teacher's split so that no "
-                            "validation or test patient was seen by the teacher")
+    key = split_mismatch(config, vars(args))
+    if key:
+        raise UserError(f"teacher {teacher.path} was trained with --{key.replace('_', '-')} {config.get(key)}, "
+                        f"the student with {getattr(args, key)}: distil on the teacher's split so that no "
+                        "validation or test patient was seen by the teacher")
 
 
 def make_distillation_criterion(teachers: list[Teacher], teacher_mode: str, cache_dir: Path):
@@ -230,7 +234,8 @@ def make_distillation_criterion(teachers: list[Teacher], teacher_mode: str, cach
     return factory
 
 
-def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path) -> dict:
+def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
+           data: SplitData | None = None) -> dict:
     """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
     teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
     for teacher in teachers:
@@ -250,7 +255,7 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student checkpoint is in.
     return run_training(args, STUDENT_MODEL, prefix, output_dir,
                         make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
-                        init_source=init, extra_metadata=extra)
+                        init_source=init, extra_metadata=extra, data=data)
 
 
 def main(argv=None, folder: Path | None = None):
@@ -284,11 +289,9 @@ def main(argv=None, folder: Path | None = None):
     if args.teacher == "ensemble":
         distil(args, list(available), list(available.values()), "modeld-ensemble", output_dir)
         return 0
+    data = training_data(args)  # index the images once for all the teachers
     for index, path in available.items():
         print(f"=== distilling teacher {index} ({path}) into EEEA-Net-C2 -> modeld{index}.pth ===")
-        distil(args, [index], [path], f"modeld{index}", output_dir)
+        distil(args, [index], [path], f"modeld{index}", output_dir, data=data)
     return 0
 
-
-__all__ = ["DISTILL_FOLDER", "get_args_parser", "main", "DistillationCriterion", "OnlineTeachers",
-           "CachedTeachers", "Teacher", "build_or_load_cache"]

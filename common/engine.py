@@ -17,6 +17,9 @@ from tqdm import tqdm
 from .errors import UserError
 from .losses import LabelLoss
 
+# Reading the loss (.item()) waits for the GPU; doing it every few steps keeps the device queue full.
+LOG_EVERY = 10
+
 
 def progress(iterable, desc: str, **kwargs):
     """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal."""
@@ -96,17 +99,15 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
                     epoch: int, epochs: int, clip_grad: float | None = None, channels_last: bool = False) -> dict:
     """One pass over ``loader``; returns the sample-weighted mean loss, images per second and seconds."""
     model.train()
-    total_loss, seen = 0.0, 0
+    total_loss = torch.zeros((), device=device)  # summed on the device; read only when logging
+    seen = 0
     start = time.perf_counter()
     bar = progress(loader, f"epoch {epoch}/{epochs} train", unit="batch")
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(bar, start=1):
         batch = _to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"])
             loss = criterion(logits, batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"the training loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
-                            "lower --lr or enable --clip-grad")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad:
@@ -116,15 +117,21 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
         scaler.update()
         scheduler.step()
         count = batch["target"].shape[0]
-        total_loss += loss.item() * count
+        total_loss += loss.detach().float() * count
         seen += count
-        elapsed = time.perf_counter() - start
-        postfix = {"loss": f"{total_loss / seen:.4f}", "img/s": f"{seen / max(elapsed, 1e-9):.1f}",
-                   "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
-        postfix.update({k: f"{v:.4f}" for k, v in getattr(criterion, "last_terms", {}).items()})
-        bar.set_postfix(postfix, refresh=False)
+        if step % LOG_EVERY == 0 or step == len(loader):
+            mean_loss = total_loss.item() / seen
+            if not math.isfinite(mean_loss):
+                # Nothing of this epoch is saved: the last checkpoint stays the last good state.
+                raise UserError(f"the training loss became {mean_loss} at epoch {epoch}, step {step}; "
+                                "lower --lr or enable --clip-grad")
+            elapsed = time.perf_counter() - start
+            postfix = {"loss": f"{mean_loss:.4f}", "img/s": f"{seen / max(elapsed, 1e-9):.1f}",
+                       "lr": f"{scheduler.get_last_lr()[0]:.2e}"}
+            postfix.update({k: f"{v:.4f}" for k, v in getattr(criterion, "last_terms", {}).items()})
+            bar.set_postfix(postfix, refresh=False)
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "img_per_s": seen / max(seconds, 1e-9), "seconds": seconds,
+    return {"loss": total_loss.item() / max(seen, 1), "img_per_s": seen / max(seconds, 1e-9), "seconds": seconds,
             "images": seen}
 
 

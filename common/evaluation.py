@@ -14,7 +14,7 @@ from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import ArgumentParser, UserError, positive_int
 from .metrics import evaluation_report, format_auroc_lines, format_metrics_table
 from .models import create_model
-from .pipeline import make_paths_absolute, SplitData, eval_transform_for
+from .pipeline import SplitData, eval_transform_for, make_paths_absolute, split_data_for
 from .plots import plot_roc_curves
 from .training import add_data_arguments
 
@@ -69,10 +69,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     checkpoint, model = load_model_for_test(checkpoint_path, expected_model)
     config = checkpoint["config"]
     if data is None:
-        data = SplitData(args.data_dir or config.get("data_dir"), args.split or config["split"],
-                         args.label_file if args.label_file is not None else config.get("label_file"),
-                         args.val_fraction if args.val_fraction is not None else config.get("val_fraction", 0.1),
-                         config.get("seed", 0), parts=(part,), workers=args.workers)
+        data = split_data_for(config, args, parts=(part,))
     device = resolve_device(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     model.to(device)

@@ -139,8 +139,9 @@ class MultiLabelKDLoss(nn.Module):
         pos_weight: optional [C] positive weights of the hard-label term.
         teacher_weights: optional [K] or [K, C] ensemble weights (e.g. from ``auroc_teacher_weights``).
 
-    After each forward, ``self.last_terms`` holds the detached terms as plain floats for logging: ``{'hard': ...,
+    After each forward, ``self.last_terms`` gives the detached terms as plain floats for logging: ``{'hard': ...,
     'kd': ...}``, without ``'kd'`` when no teacher logits were given (α = 1); it is empty before the first forward.
+    The terms are kept as tensors and turned into floats only when read, so a training step waits for no GPU.
     """
 
     def __init__(self, alpha=0.5, temperature=2.0, pos_weight=None, teacher_weights=None):
@@ -154,7 +155,11 @@ class MultiLabelKDLoss(nn.Module):
         if teacher_weights is not None:
             teacher_weights = torch.as_tensor(teacher_weights, dtype=torch.float32)
         self.register_buffer("teacher_weights", teacher_weights)
-        self.last_terms = {}
+        self._last_terms = {}
+
+    @property
+    def last_terms(self) -> dict:
+        return {name: float(value) for name, value in self._last_terms.items()}
 
     def forward(self, student_logits, targets, teacher_logits) -> torch.Tensor:
         """Total loss for [B, C] student logits, [B, C] labels and [B, C] or [K, B, C] teacher logits.
@@ -165,14 +170,14 @@ class MultiLabelKDLoss(nn.Module):
         if teacher_logits is None:
             if self.alpha != 1.0:
                 raise ValueError("teacher_logits are required when alpha < 1")
-            self.last_terms = {"hard": float(hard.detach())}
+            self._last_terms = {"hard": hard.detach()}
             return hard
         if teacher_logits.shape[-2:] != student_logits.shape:
             raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
                              f"{tuple(student_logits.shape)}")
         target = tempered_teacher_probs(teacher_logits, self.temperature, self.teacher_weights)
         kd = bernoulli_kd(student_logits, target, self.temperature)
-        self.last_terms = {"hard": float(hard.detach()), "kd": float(kd.detach())}
+        self._last_terms = {"hard": hard.detach(), "kd": kd.detach()}
         return self.alpha * hard + (1.0 - self.alpha) * kd
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .data import PngImageSource, CXR8Dataset, build_split, build_transform, index_images, require_images
+from .data import (NAMED_SPLITS, CXR8Dataset, PngImageSource, build_split, build_transform, index_images,
+                   require_images)
 from .errors import UserError
 
 
@@ -23,13 +24,29 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(value).expanduser()
 
 
+SPLIT_KEYS = ("split", "label_file", "val_fraction", "seed")
+
+
+def split_mismatch(config: dict, other: dict) -> str | None:
+    """The first of :data:`SPLIT_KEYS` on which two run configs differ, or None when they used the same split."""
+    return next((key for key in SPLIT_KEYS if config.get(key) != other.get(key)), None)
+
+
+def split_data_for(config: dict, args, parts) -> "SplitData":
+    """The split a checkpoint was trained on (its ``config``), with any data flag given in ``args`` taking over."""
+    label_file = args.label_file if args.label_file is not None else config.get("label_file")
+    val_fraction = args.val_fraction if args.val_fraction is not None else config.get("val_fraction", 0.1)
+    return SplitData(args.data_dir or config.get("data_dir"), args.split or config["split"], label_file,
+                     val_fraction, config.get("seed", 0), parts=parts, workers=args.workers)
+
+
 def make_paths_absolute(args) -> None:
     """Store ``--data-dir`` and a directory ``--split`` as absolute paths, so that checkpoints which record them
     work from any folder and compare equal however the path was typed."""
     if getattr(args, "data_dir", None):
         args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     split = getattr(args, "split", None)
-    if split and split not in ("official", "arnoweng") and Path(split).is_dir():
+    if split and split not in NAMED_SPLITS and Path(split).is_dir():
         args.split = str(Path(split).resolve())
     if getattr(args, "label_file", None) and args.label_file not in ("2017", "v2020"):
         args.label_file = str(Path(args.label_file).expanduser().resolve())

@@ -133,12 +133,20 @@ def _append_log(log_path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def training_data(args) -> SplitData:
+    """The split and image index a training run reads (train and val parts)."""
+    return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
+                     parts=("train", "val"), workers=args.workers)
+
+
 def run_training(args, model_name: str, prefix: str, output_dir: Path, make_criterion=supervised_criterion,
-                 init_source: str | None = None, extra_metadata: dict | None = None) -> dict:
+                 init_source: str | None = None, extra_metadata: dict | None = None,
+                 data: SplitData | None = None) -> dict:
     """Train ``model_name`` with the engine, choose the checkpoint on validation mean AUROC, support --resume.
 
     Writes ``<prefix>.pth`` (best validation mean AUROC), ``<prefix>-last.pth`` (everything needed to resume),
-    ``<prefix>-log.csv`` and ``<prefix>-curves.png`` into ``output_dir``. Returns a summary dict.
+    ``<prefix>-log.csv`` and ``<prefix>-curves.png`` into ``output_dir``. Returns a summary dict. ``data`` reuses
+    an already indexed split (several runs on the same images); by default it is built from ``args``.
     """
     paths = _paths(output_dir, prefix)
     resume_path = None
@@ -167,8 +175,7 @@ def run_training(args, model_name: str, prefix: str, output_dir: Path, make_crit
     device = resolve_device(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     info = model_info(model_name)
-    data = SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
-                     parts=("train", "val"), workers=args.workers)
+    data = data or training_data(args)
     print(data.split.describe())
 
     model = create_model(model_name, num_classes=NUM_CLASSES, img_size=args.img_size)

@@ -2,7 +2,6 @@
 import re
 
 import pytest
-import torch
 
 from common.errors import UserError
 from common.models import create_model
