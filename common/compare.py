@@ -14,12 +14,11 @@ from .checkpoint import load_checkpoint, write_text_atomic
 from .constants import CLASS_NAMES, MODEL_FOLDERS
 from .distill import teacher_path
 from .errors import ArgumentParser, UserError, positive_int
-from .evaluation import evaluate_checkpoint, print_result
+from .evaluation import add_evaluation_arguments, evaluate_checkpoint, print_result
 from .metrics import patient_bootstrap_auroc_diff
 from .pipeline import make_paths_absolute, split_data_for, split_mismatch
 from .plots import plot_before_after
 from .profile import count_parameters, macs
-from .training import add_data_arguments
 
 DISPLAY = {"eeea_c2": "EEEA-Net-C2", "ofa595": "OFA-595", "chexnet": "CheXNet", "visformer_small": "Visformer-small",
            "autoformerv2_base": "AutoFormerV2-base"}
@@ -29,14 +28,10 @@ def get_args_parser() -> ArgumentParser:
     """Flags of the comparison; the split and labels are those the checkpoints were trained with."""
     parser = ArgumentParser(prog="test-model.py",
                             description="Compare model1..5 with their distilled students modeld1..5 on one test split")
-    add_data_arguments(parser)
-    parser.set_defaults(split=None, val_fraction=None)
+    add_evaluation_arguments(parser)
     parser.add_argument("--teachers-root", default=None,
                         help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
     parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
-    parser.add_argument("--tencrop", action="store_true", help="ten-crop evaluation, as the original")
-    parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
     parser.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     return parser
 

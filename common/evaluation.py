@@ -33,10 +33,8 @@ class TestResult:
     model: object = None        # the evaluated model (for parameter and MAC counts)
 
 
-def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
-    """Flags of the test scripts; split and label file default to the ones the checkpoint was trained with."""
-    parser = ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: modelK.pth of this folder)")
+def add_evaluation_arguments(parser: ArgumentParser) -> None:
+    """Data and evaluation flags of the test scripts; split and labels default to those of the checkpoint."""
     add_data_arguments(parser)
     parser.set_defaults(split=None, val_fraction=None)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
@@ -44,6 +42,13 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
                         help="average the probabilities of TenCrop(224) after resize 256, as the original did "
                              "(10x the compute; default: one centre crop)")
     parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
+
+
+def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
+    """Flags of the test scripts; split and label file default to the ones the checkpoint was trained with."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: modelK.pth of this folder)")
+    add_evaluation_arguments(parser)
     return parser
 
 
