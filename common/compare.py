@@ -166,7 +166,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
         ci = (f"{b['diff']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]" if b.get("status") == "ok"
               else b.get("status", "missing"))
         gap = (f"{student_auroc - teacher_auroc:+.4f}" if None not in (student_auroc, teacher_auroc) else "")
-        lines.append(f"| {label} | {_fmt(teacher_auroc)} | {_fmt(student_auroc)} | {gap} | {ci} |")
+        teacher_cell = "— (several teachers)" if index == "ensemble" else _fmt(teacher_auroc)
+        lines.append(f"| {label} | {teacher_cell} | {_fmt(student_auroc)} | {gap} | {ci} |")
         chart_rows.append({"label": label, "teacher": teacher_auroc, "student": student_auroc})
     lines += ["", "## Per-class test AUROC", "",
               "| class | " + " | ".join(r["model"] for r in rows if r["status"] == "ok") + " |",
