@@ -3,8 +3,10 @@
 Usage: python test-model.py [--checkpoint FILE] [--data-dir PATH] [--tencrop] ... (--help for all)
 """
 import sys
+from pathlib import Path
 
-from common.cli import folder_main
+from common.errors import run_main
+from common.evaluation import main
 
 if __name__ == "__main__":
-    sys.exit(folder_main(__file__, sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:], model="chexnet", index=3, folder=Path(__file__).resolve().parent))

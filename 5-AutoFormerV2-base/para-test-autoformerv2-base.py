@@ -4,7 +4,8 @@ Usage: python para-test-autoformerv2-base.py [--img-size 224] [--device cpu] [--
 """
 import sys
 
-from common.cli import folder_main
+from common.errors import run_main
+from common.profile import para_test_main
 
 if __name__ == "__main__":
-    sys.exit(folder_main(__file__, sys.argv[1:]))
+    sys.exit(run_main(para_test_main, sys.argv[1:], model_name="autoformerv2_base"))

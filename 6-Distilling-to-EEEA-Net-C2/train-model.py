@@ -3,8 +3,10 @@
 Usage: python train-model.py --teacher 1..5|all|ensemble [--teacher-mode cached|online] ... (--help for all)
 """
 import sys
+from pathlib import Path
 
-from common.cli import folder_main
+from common.distill import main
+from common.errors import run_main
 
 if __name__ == "__main__":
-    sys.exit(folder_main(__file__, sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:], folder=Path(__file__).resolve().parent))

@@ -14,13 +14,13 @@ import sys
 
 import torch
 
-from common.constants import MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
+from common.constants import NUM_CLASSES, STUDENT_MODEL
 from common.distill import CachedTeachers, DistillationCriterion, OnlineTeachers
 from common.engine import (SupervisedCriterion, amp_dtype_for, build_optimizer, build_scheduler, resolve_device,
                            train_one_epoch)
 from common.errors import ArgumentParser, positive_int, run_main
 from common.losses import LabelLoss, MultiLabelKDLoss
-from common.models import create_model, model_info
+from common.models import create_model, model_folders, model_info
 
 
 class SyntheticBatches(torch.utils.data.Dataset):
@@ -82,7 +82,7 @@ def main(argv=None):
           f"torch {torch.__version__}")
     print(f"{'folder':<22} {'fp32 img/s':>11} {'AMP img/s':>10} {'AMP/fp32':>9} {'peak GiB (AMP)':>15}")
     for index in folders:
-        folder, model_name = MODEL_FOLDERS[index]
+        folder, model_name = model_folders()[index]
         row = {}
         for label, dtype in (("fp32", None), ("amp", amp)):
             if label == "amp" and dtype is None:
@@ -101,7 +101,7 @@ def main(argv=None):
           f"({'AMP' if amp else 'fp32'})")
     info = model_info(STUDENT_MODEL)
     for index in folders:
-        folder, model_name = MODEL_FOLDERS[index]
+        folder, model_name = model_folders()[index]
         teacher_info = model_info(model_name)
         teacher = FrozenTeacher(create_model(model_name, img_size=args.img_size).to(device), args.img_size,
                                 teacher_info.mean, teacher_info.std)

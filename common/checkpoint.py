@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .models import create_model
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
@@ -118,3 +119,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, expected_model: str | None = None):
+    """Rebuild a checkpoint's model and load its weights strictly; returns ``(checkpoint, model)``.
+
+    A checkpoint of another architecture than ``expected_model`` (when given), or weights that do not fit the
+    recorded class count, is a :class:`UserError` naming the file.
+    """
+    checkpoint = load_checkpoint(path)
+    if expected_model is not None and checkpoint["model_name"] != expected_model:
+        raise UserError(f"{path} holds a {checkpoint['model_name']} model, not {expected_model}")
+    model = create_model(checkpoint["model_name"], num_classes=checkpoint["num_classes"],
+                         img_size=checkpoint["img_size"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        details = " ".join(str(err).split())
+        raise UserError(f"{path} does not fit a {checkpoint['num_classes']}-class "
+                        f"{checkpoint['model_name']}: {details[:300]}") from None
+    return checkpoint, model

@@ -10,18 +10,17 @@ import io
 import json
 from pathlib import Path
 
+from .arguments import add_evaluation_arguments, make_paths_absolute
 from .checkpoint import load_checkpoint, write_text_atomic
-from .constants import CLASS_NAMES, MODEL_FOLDERS
-from .distill import teacher_path
+from .constants import CLASS_NAMES, STUDENT_MODEL
 from .errors import ArgumentParser, UserError, positive_int
-from .evaluation import add_evaluation_arguments, evaluate_checkpoint, print_result
+from .layout import folder_model_path, output_dir_for, teachers_root
 from .metrics import patient_bootstrap_auroc_diff
-from .pipeline import make_paths_absolute, split_data_for, split_mismatch
+from .models import model_folders, model_info
 from .plots import plot_before_after
 from .profile import count_parameters, macs
-
-DISPLAY = {"eeea_c2": "EEEA-Net-C2", "ofa595": "OFA-595", "chexnet": "CheXNet", "visformer_small": "Visformer-small",
-           "autoformerv2_base": "AutoFormerV2-base"}
+from .scoring import evaluate_checkpoint, print_result
+from .split_data import split_data_for, split_mismatch, trained_with_message
 
 
 def get_args_parser() -> ArgumentParser:
@@ -39,14 +38,21 @@ def get_args_parser() -> ArgumentParser:
 def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
     """Every model of the comparison, present or not: teachers 1..5, students d1..d5, the ensemble student."""
     entries = []
-    for index, (folder, model_name) in MODEL_FOLDERS.items():
-        entries.append({"key": f"model{index}", "role": "teacher" if index > 1 else "baseline", "teacher": index,
-                        "label": DISPLAY[model_name], "path": teacher_path(teachers_root, index)})
+    student = model_info(STUDENT_MODEL)
+    for index, (_, model_name) in model_folders().items():
+        display = model_info(model_name).display_name
+        entries.append({"key": f"model{index}", "role": "baseline" if model_name == STUDENT_MODEL else "teacher",
+                        "teacher": index, "label": display, "path": folder_model_path(teachers_root, index)})
         entries.append({"key": f"modeld{index}", "role": "student", "teacher": index,
-                        "label": f"EEEA-Net-C2 <- {DISPLAY[model_name]}", "path": student_dir / f"modeld{index}.pth"})
+                        "label": f"{student.display_name} <- {display}", "path": student_dir / f"modeld{index}.pth"})
     entries.append({"key": "modeld-ensemble", "role": "student", "teacher": "ensemble",
-                    "label": "EEEA-Net-C2 <- ensemble", "path": student_dir / "modeld-ensemble.pth"})
+                    "label": f"{student.display_name} <- ensemble", "path": student_dir / "modeld-ensemble.pth"})
     return entries
+
+
+def baseline_key() -> str:
+    """The undistilled student's own model (``model1``: EEEA-Net-C2 trained by its numbered folder)."""
+    return f"model{model_info(STUDENT_MODEL).folder_index}"
 
 
 def _fmt(value, digits=4):
@@ -65,8 +71,8 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         config = load_checkpoint(entry["path"])["config"]
         key = split_mismatch(config, reference)
         if key:
-            raise UserError(f"{entry['path']} was trained with --{key.replace('_', '-')} {config.get(key)}, "
-                            f"{present[0]['path']} with {reference.get(key)}: the comparison needs one split")
+            raise UserError(trained_with_message(entry["path"], key, config.get(key), f"{present[0]['path']} with",
+                                                 reference.get(key)) + ": the comparison needs one split")
     data = split_data_for(reference, args, parts=("test",))
     results = {}
     for entry in entries:
@@ -107,15 +113,16 @@ def _row(entry: dict, result) -> dict:
 
 def _bootstrap(entries, results, n_boot: int) -> list[dict]:
     """Each distilled student against the undistilled EEEA-Net-C2 (model1): paired patient-level bootstrap."""
-    baseline = results.get("model1")
+    baseline_name = baseline_key()
+    baseline = results.get(baseline_name)
     rows = []
     for entry in entries:
         if entry["role"] != "student":
             continue
         student = results.get(entry["key"])
-        row = {"student": entry["key"], "against": "model1"}
+        row = {"student": entry["key"], "against": baseline_name}
         if baseline is None or student is None:
-            row["status"] = "missing " + ("model1" if baseline is None else entry["key"])
+            row["status"] = "missing " + (baseline_name if baseline is None else entry["key"])
         else:
             row.update(patient_bootstrap_auroc_diff(baseline.targets, baseline.probs, student.probs,
                                                     baseline.patient_ids, n_boot=n_boot, seed=0))
@@ -153,11 +160,11 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
                      f"{_fmt(row['accuracy@val'])} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
               "| teacher | teacher mean AUROC | student mean AUROC | student − teacher | student − EEEA-Net-C2 "
-              "(model1) [95% patient bootstrap CI] |", "|---|---|---|---|---|"]
+              f"({baseline_key()}) [95% patient bootstrap CI] |", "|---|---|---|---|---|"]
     boot = {b["student"]: b for b in bootstrap}
-    baseline = by_key["model1"].get("mean_auroc")
+    baseline = by_key[baseline_key()].get("mean_auroc")
     chart_rows = []
-    for index in list(MODEL_FOLDERS) + ["ensemble"]:
+    for index in list(model_folders()) + ["ensemble"]:
         student_key = f"modeld{index}" if index != "ensemble" else "modeld-ensemble"
         teacher_auroc = None if index == "ensemble" else by_key[f"model{index}"].get("mean_auroc")
         student_auroc = by_key[student_key].get("mean_auroc")
@@ -198,11 +205,10 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
     return paths
 
 
-def main(argv=None, folder: Path | None = None):
-    """Entry point of folder 6 ``test-model.py``."""
+def main(argv=None, *, folder: Path | None = None) -> int:
+    """``python test-model.py`` of folder 6 (``folder``: the script's folder): the before/after comparison."""
     args = get_args_parser().parse_args(argv)
     make_paths_absolute(args)
-    output_dir = Path(args.output_dir) if args.output_dir else Path(folder)
-    teachers_root = Path(args.teachers_root) if args.teachers_root else output_dir.resolve().parent
-    compare(args, teachers_root, output_dir)
+    output_dir = output_dir_for(args.output_dir, folder)
+    compare(args, teachers_root(args.teachers_root, output_dir), output_dir)
     return 0

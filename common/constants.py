@@ -10,13 +10,6 @@ NUM_CLASSES = len(CLASS_NAMES)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Numbered folder -> (folder name, registry model name). Folder K writes modelK.pth.
-MODEL_FOLDERS = {
-    1: ("1-EEEA-Net-C2", "eeea_c2"),
-    2: ("2-OFA-595", "ofa595"),
-    3: ("3-CheXNet", "chexnet"),
-    4: ("4-Visformer-small", "visformer_small"),
-    5: ("5-AutoFormerV2-base", "autoformerv2_base"),
-}
+# The numbered model folders come from the model registry (common.models.model_folders).
 DISTILL_FOLDER = "6-Distilling-to-EEEA-Net-C2"
 STUDENT_MODEL = "eeea_c2"

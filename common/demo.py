@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from . import compare, distill, evaluation, training
-from .constants import DISTILL_FOLDER, MODEL_FOLDERS
+from .constants import DISTILL_FOLDER
 from .errors import ArgumentParser, non_negative_int, positive_int, run_main
+from .models import model_folders
 from .synthetic import generate_synthetic_cxr8
 
 # Demo schedule per folder: epochs at the demo's small input size. The transformers are the slowest on a CPU.
@@ -56,14 +57,14 @@ def main(argv=None) -> int:
     folders = [int(k) for k in args.folders.split(",") if k.strip()]
     summary = {}
     for index in folders:
-        folder, model_name = MODEL_FOLDERS[index]
+        folder, model_name = model_folders()[index]
         out = root / folder
         print(f"\n===== {folder}: training {model_name} =====")
         training.main(_common_flags(data_dir, args) + _train_flags(args, DEMO_EPOCHS[index]),
-                      model_name=model_name, prefix=f"model{index}", default_output=out)
+                      model=model_name, index=index, folder=out)
         print(f"\n===== {folder}: testing model{index}.pth =====")
         evaluation.main(["--workers", str(args.workers), "--device", "cpu"],
-                        model_name=model_name, prefix=f"model{index}", default_dir=out)
+                        model=model_name, index=index, folder=out)
         report = json.loads((out / f"model{index}-test.json").read_text())
         summary[f"model{index}"] = report["mean_auroc"]
     student_dir = root / DISTILL_FOLDER

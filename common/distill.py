@@ -1,12 +1,12 @@
 """Folder 6 ``train-model.py``: distil teachers (model1..5.pth) into EEEA-Net-C2 with the one engine.
 
-Distillation is a criterion (:class:`DistillationCriterion`) handed to :func:`common.training.run_training`. Teacher
+Distillation is a criterion (:class:`DistillationCriterion`), built here from the data of the run and handed to the
+engine's ``fit`` like the BCE criterion of base training. Teacher
 logits come either from the teachers run on the student's own augmented batch (``online``) or from a cache computed
 once on the deterministic eval view of every training image (``cached``).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -14,25 +14,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_atomic
-from .constants import MODEL_FOLDERS, NUM_CLASSES, STUDENT_MODEL
-from .errors import ArgumentParser, UserError, positive_float, unit_fraction
+from .arguments import add_data_arguments, add_training_arguments, make_paths_absolute
+from .checkpoint import load_model_from_checkpoint, save_atomic
+from .constants import NUM_CLASSES, STUDENT_MODEL
+from .data import eval_resize
 from .engine import progress
-from .evaluation import load_model_for_test
-from .losses import MultiLabelKDLoss, auroc_teacher_weights
-from .pipeline import SplitData, eval_transform_for, make_paths_absolute, split_mismatch
-from .training import get_args_parser as get_train_parser
-from .training import pos_weight_for, run_training, training_data
+from .errors import ArgumentParser, UserError, positive_float, unit_fraction
+from .layout import folder_model_path, output_dir_for, teachers_root
+from .losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
+from .models import model_folders
+from .run_setup import TrainingRun, setup_training, training_data
+from .split_data import SplitData, eval_transform_for, split_mismatch, trained_with_message
 
 SAVE_EVERY_BATCHES = 50  # how often an interrupted cache build can resume from
 
 
 def get_args_parser() -> ArgumentParser:
     """Training flags plus the teacher, loss and cache flags of the distillation folder."""
-    parser = get_train_parser(prog="train-model.py",
-                              description="Distil a teacher (model1..5.pth) into EEEA-Net-C2 (modeldK.pth)")
+    parser = ArgumentParser(prog="train-model.py",
+                            description="Distil a teacher (model1..5.pth) into EEEA-Net-C2 (modeldK.pth)")
+    add_data_arguments(parser)
+    add_training_arguments(parser)
     group = parser.add_argument_group("distillation")
-    group.add_argument("--teacher", required=True, choices=("1", "2", "3", "4", "5", "all", "ensemble"),
+    group.add_argument("--teacher", required=True, choices=[*map(str, model_folders()), "all", "ensemble"],
                        help="teacher folder K (model K.pth), all (1..5 in turn) or ensemble (all at once)")
     group.add_argument("--teacher-checkpoint", default=None,
                        help="teacher file to use instead of ../K-*/modelK.pth (single teacher only)")
@@ -53,12 +57,6 @@ def get_args_parser() -> ArgumentParser:
     return parser
 
 
-def teacher_path(teachers_root: Path, index: int) -> Path:
-    """Where folder ``index``'s trained model lives."""
-    folder, _ = MODEL_FOLDERS[index]
-    return teachers_root / folder / f"model{index}.pth"
-
-
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -73,7 +71,7 @@ class Teacher:
 
     def __init__(self, path: Path, index: int | None):
         print("=> loading teacher_checkpoint")
-        self.checkpoint, self.model = load_model_for_test(path, None)
+        self.checkpoint, self.model = load_model_from_checkpoint(path)
         print(f"=> loaded teacher_checkpoint {path} ({self.checkpoint['model_name']})")
         if self.checkpoint["num_classes"] != NUM_CLASSES:
             raise UserError(f"teacher {path} has {self.checkpoint['num_classes']} classes, not {NUM_CLASSES}")
@@ -139,7 +137,7 @@ def cache_key(teacher: Teacher, data: SplitData) -> dict:
     names_digest = hashlib.sha256("\n".join(part.names).encode()).hexdigest()
     return {"teacher_sha256": teacher.sha256, "split": data.split.name, "labels": data.split.labels,
             "images_sha256": names_digest, "n_images": len(part), "num_classes": NUM_CLASSES,
-            "view": f"resize {round(teacher.img_size * 256 / 224)} + centre crop {teacher.img_size}",
+            "view": f"resize {eval_resize(teacher.img_size)} + centre crop {teacher.img_size}",
             "mean": list(teacher.mean), "std": list(teacher.std)}
 
 
@@ -207,31 +205,28 @@ def check_same_split(teacher: Teacher, args) -> None:
     config = teacher.checkpoint["config"]
     key = split_mismatch(config, vars(args))
     if key:
-        raise UserError(f"teacher {teacher.path} was trained with --{key.replace('_', '-')} {config.get(key)}, "
-                        f"the student with {getattr(args, key)}: distil on the teacher's split so that no "
-                        "validation or test patient was seen by the teacher")
+        raise UserError(trained_with_message(f"teacher {teacher.path}", key, config.get(key), "the student with",
+                                             getattr(args, key))
+                        + ": distil on the teacher's split so that no validation or test patient was seen by the "
+                          "teacher")
 
 
-def make_distillation_criterion(teachers: list[Teacher], teacher_mode: str, cache_dir: Path):
-    """A criterion factory for :func:`run_training` that distils from ``teachers``."""
-
-    def factory(args, data: SplitData, device, amp_dtype, student_cfg):
-        weights = None
-        if len(teachers) > 1 and args.ensemble_weights == "auroc":
-            weights = auroc_teacher_weights([t.checkpoint["val_auroc"] for t in teachers]).to(device)
-        pos_weight = pos_weight_for(args.pos_weight, data.split.parts["train"].labels)
-        kd_loss = MultiLabelKDLoss(alpha=args.alpha, temperature=args.temperature,
-                                   pos_weight=None if pos_weight is None else pos_weight.to(device),
-                                   teacher_weights=weights)
-        if teacher_mode == "online":
-            source = OnlineTeachers(teachers, student_cfg["mean"], student_cfg["std"], device)
-        else:
-            batch_size = args.eval_batch_size or 2 * args.batch_size
-            source = CachedTeachers([build_or_load_cache(t, data, cache_dir, batch_size, device, amp_dtype)
-                                     for t in teachers], device)
-        return DistillationCriterion(kd_loss, source)
-
-    return factory
+def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: Path) -> DistillationCriterion:
+    """The distillation criterion of a student run: the KD loss and where its teacher logits come from."""
+    weights = None
+    if len(teachers) > 1 and args.ensemble_weights == "auroc":
+        weights = auroc_teacher_weights([t.checkpoint["val_auroc"] for t in teachers]).to(run.device)
+    pos_weight = pos_weight_for(args.pos_weight, run.data.split.parts["train"].labels)
+    kd_loss = MultiLabelKDLoss(alpha=args.alpha, temperature=args.temperature,
+                               pos_weight=None if pos_weight is None else pos_weight.to(run.device),
+                               teacher_weights=weights)
+    if args.teacher_mode == "online":
+        source = OnlineTeachers(teachers, run.info.mean, run.info.std, run.device)
+    else:
+        batch_size = args.eval_batch_size or 2 * args.batch_size
+        source = CachedTeachers([build_or_load_cache(t, run.data, cache_dir, batch_size, run.device, run.amp_dtype)
+                                 for t in teachers], run.device)
+    return DistillationCriterion(kd_loss, source)
 
 
 def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
@@ -240,52 +235,48 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
     teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
     for teacher in teachers:
         check_same_split(teacher, args)
-    if args.student_init:
-        print("=> loading student_checkpoint")
     cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
     extra = {"distillation": {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
                               "temperature": args.temperature, "teacher_mode": args.teacher_mode,
                               "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
                               "student_init": args.student_init}}
-    init = args.student_init or args.pretrained
-    if args.resume == "auto" and not (output_dir / f"{prefix}-last.pth").is_file():
-        # With --teacher all, a teacher whose run never started has nothing to resume: it starts now.
-        print(f"--resume: no {prefix}-last.pth yet, so {prefix} starts from the beginning")
-        args = argparse.Namespace(**{**vars(args), "resume": None})
-    # load_pretrained prints "=> loaded <file> into eeea_c2" when the student checkpoint is in.
-    return run_training(args, STUDENT_MODEL, prefix, output_dir,
-                        make_criterion=make_distillation_criterion(teachers, args.teacher_mode, cache_dir),
-                        init_source=init, extra_metadata=extra, data=data)
+    # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
+    run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
+                         data=data, resume_missing_ok=True)
+    if run.finished:
+        return run.finished
+    return run.fit(build_criterion(teachers, run, args, cache_dir), args, extra_metadata=extra)
 
 
-def main(argv=None, folder: Path | None = None):
-    """Entry point of folder 6: ``python train-model.py --teacher 1..5|all|ensemble``."""
+def main(argv=None, *, folder: Path | None = None) -> int:
+    """``python train-model.py --teacher 1..5|all|ensemble`` of folder 6 (``folder``: the script's folder)."""
     args = get_args_parser().parse_args(argv)
     make_paths_absolute(args)
     if args.student_init and args.pretrained:
         raise UserError("--student-init and --pretrained both set the student's start; give one of them")
-    output_dir = Path(args.output_dir) if args.output_dir else Path(folder)
-    teachers_root = Path(args.teachers_root) if args.teachers_root else output_dir.resolve().parent
+    output_dir = output_dir_for(args.output_dir, folder)
+    root = teachers_root(args.teachers_root, output_dir)
     if args.teacher_checkpoint and args.teacher in ("all", "ensemble"):
         raise UserError(f"--teacher-checkpoint names one teacher file; it cannot be used with --teacher {args.teacher}")
+    folders = model_folders()
     if args.teacher not in ("all", "ensemble"):
         index = int(args.teacher)
-        path = Path(args.teacher_checkpoint) if args.teacher_checkpoint else teacher_path(teachers_root, index)
+        path = Path(args.teacher_checkpoint) if args.teacher_checkpoint else folder_model_path(root, index)
         if not path.is_file():
-            raise UserError(f"=> no teacher_checkpoint found: {path} (train folder {MODEL_FOLDERS[index][0]} first "
+            raise UserError(f"=> no teacher_checkpoint found: {path} (train folder {folders[index][0]} first "
                             "or pass --teacher-checkpoint)")
         distil(args, [index], [path], f"modeld{index}", output_dir)
         return 0
     available = {}
-    for index in MODEL_FOLDERS:
-        path = teacher_path(teachers_root, index)
+    for index in folders:
+        path = folder_model_path(root, index)
         if path.is_file():
             available[index] = path
         else:
             print(f"=> no teacher_checkpoint found for teacher {index}: {path} (skipped)")
     if not available:
-        raise UserError(f"no teacher checkpoints under {teachers_root} (expected e.g. "
-                        f"{teacher_path(teachers_root, 3)}); train folders 1-5 first")
+        raise UserError(f"no teacher checkpoints under {root} (expected e.g. "
+                        f"{folder_model_path(root, min(folders))}); train folders {min(folders)}-{max(folders)} first")
     if args.teacher == "ensemble":
         distil(args, list(available), list(available.values()), "modeld-ensemble", output_dir)
         return 0
@@ -294,4 +285,3 @@ def main(argv=None, folder: Path | None = None):
         print(f"=== distilling teacher {index} ({path}) into EEEA-Net-C2 -> modeld{index}.pth ===")
         distil(args, [index], [path], f"modeld{index}", output_dir, data=data)
     return 0
-

@@ -1,21 +1,31 @@
 """The one training and evaluation engine of every folder (base training and distillation alike).
 
-A criterion is any callable ``criterion(logits, batch) -> loss``; distillation is such a criterion
-(:class:`common.distill.DistillationCriterion`), never a second loop.
+:func:`fit` trains any model with any criterion: a criterion is a callable ``criterion(logits, batch) -> loss``
+built by the caller. Base training passes :class:`SupervisedCriterion`; distillation passes
+:class:`common.distill.DistillationCriterion`: a loss, never a second loop. The engine never sees parsed flags.
 """
 from __future__ import annotations
 
+import csv
+import json
 import math
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import rng_state, save_atomic, set_rng_state
+from .constants import CLASS_NAMES
 from .errors import UserError
 from .losses import LabelLoss
+from .metrics import choose_thresholds, mean_auroc, per_class_auroc
+from .plots import plot_training_curves
 
 # Reading the loss (.item()) waits for the GPU; doing it every few steps keeps the device queue full.
 LOG_EVERY = 10
@@ -165,3 +175,138 @@ def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channel
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Probabilities from logits, in float64 (the one place the sigmoid is applied for metrics)."""
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+LOG_COLUMNS = ("epoch", "train_loss", "val_mean_auroc", "best_val_mean_auroc", "lr", "img_per_s", "epoch_seconds")
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """The files of one training run: best and last checkpoints, the log CSV and the curves PNG."""
+
+    best: Path
+    last: Path
+    log: Path
+    curves: Path
+
+    @classmethod
+    def for_prefix(cls, output_dir: Path, prefix: str) -> "CheckpointPaths":
+        """``<prefix>.pth``, ``<prefix>-last.pth``, ``<prefix>-log.csv`` and ``<prefix>-curves.png`` in ``output_dir``."""
+        output_dir = Path(output_dir)
+        return cls(best=output_dir / f"{prefix}.pth", last=output_dir / f"{prefix}-last.pth",
+                   log=output_dir / f"{prefix}-log.csv", curves=output_dir / f"{prefix}-curves.png")
+
+    @property
+    def prefix(self) -> str:
+        return self.best.stem
+
+
+@dataclass(frozen=True)
+class OptimiserSettings:
+    """AdamW with linear warm-up then cosine decay, and optional gradient-norm clipping (0 or None: off)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    clip_grad: float | None = None
+
+
+def _truncate_log(log_path: Path, last_epoch: int) -> None:
+    """On resume, drop log rows of epochs after the checkpoint (a kill can land between the two writes)."""
+    if not log_path.is_file():
+        return
+    with open(log_path, newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) <= last_epoch]
+    with open(log_path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_log(log_path: Path, row: dict) -> None:
+    exists = log_path.is_file()
+    with open(log_path, "a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=LOG_COLUMNS)
+        if not exists:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "torch.utils.data.DataLoader"],
+        val_loader, settings: OptimiserSettings, paths: CheckpointPaths, device: torch.device, amp_dtype,
+        metadata: dict, resume_state: dict | None = None, channels_last: bool = False) -> dict:
+    """Train ``model`` with ``criterion``, choosing the checkpoint on validation mean AUROC.
+
+    Args:
+        model: on ``device`` already, with its initial weights.
+        criterion: ``criterion(logits, batch) -> loss``; its optional ``last_terms`` dict is shown in the bar.
+        train_loader_for_epoch: ``epoch -> DataLoader`` of the training part; its order must depend on the epoch
+            only, so that a resumed epoch sees the same batches.
+        val_loader: the validation part (deterministic view).
+        settings: optimiser and schedule.
+        paths: where the best and last checkpoints, the log and the curves go.
+        metadata: recorded in every checkpoint (model, classes, split, config, ...).
+        resume_state: a ``-last.pth`` dict to continue from (model, optimizer, scheduler, scaler, RNG, epoch).
+
+    Writes ``paths.best`` when the validation mean AUROC improves, ``paths.last`` (everything needed to resume),
+    a log row and the curves after every epoch. Returns ``{"best", "best_val_mean_auroc", "best_epoch"}``.
+    """
+    steps_per_epoch = len(train_loader_for_epoch(1))
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
+    scheduler = build_scheduler(optimizer, settings.epochs, steps_per_epoch, settings.warmup_epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, best_auroc, best_epoch = 1, -1.0, 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        start_epoch = resume_state["epoch"] + 1
+        best_auroc, best_epoch = resume_state["best_val_mean_auroc"], resume_state["best_epoch"]
+        _truncate_log(paths.log, resume_state["epoch"])
+        print(f"resuming {paths.last} at epoch {start_epoch} (best so far {best_auroc:.4f} at epoch {best_epoch})")
+    elif paths.log.exists():
+        paths.log.unlink()
+
+    paths.best.parent.mkdir(parents=True, exist_ok=True)
+    print(f"training {metadata['model_name']} on {device} "
+          f"({'AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}), "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, writing {paths.best}")
+    for epoch in range(start_epoch, settings.epochs + 1):
+        stats = train_one_epoch(model, criterion, train_loader_for_epoch(epoch), optimizer, scheduler, scaler,
+                                device, amp_dtype, epoch, settings.epochs, clip_grad=settings.clip_grad or None,
+                                channels_last=channels_last)
+        logits, targets = predict_logits(model, val_loader, device, amp_dtype, desc=f"epoch {epoch} val",
+                                         channels_last=channels_last)
+        probs = sigmoid(logits)
+        aurocs = per_class_auroc(targets, probs, CLASS_NAMES)
+        val_auroc = mean_auroc(aurocs)
+        improved = np.isfinite(val_auroc) and val_auroc > best_auroc
+        print(f"Epoch {epoch}/{settings.epochs}, Total Loss: {stats['loss']:.4f}, Time: {stats['seconds']:.2f} sec, "
+              f"{stats['img_per_s']:.1f} img/s, Val mean AUROC: {val_auroc:.4f}")
+        state = {**metadata, "epoch": epoch, "val_mean_auroc": float(val_auroc),
+                 "val_auroc": [None if a is None else float(a) for a in aurocs]}
+        if improved:
+            best_auroc, best_epoch = float(val_auroc), epoch
+            thresholds = choose_thresholds(targets, probs)
+            save_atomic({**state, "kind": "best", "model": model.state_dict(),
+                         "val_thresholds": [float(t) for t in thresholds]}, paths.best)
+            print(f"Model saved as {paths.best.name} (best validation mean AUROC {best_auroc:.4f})")
+        _append_log(paths.log, {
+            "epoch": epoch, "train_loss": f"{stats['loss']:.6f}", "val_mean_auroc": f"{val_auroc:.6f}",
+            "best_val_mean_auroc": f"{best_auroc:.6f}", "lr": f"{scheduler.get_last_lr()[0]:.3e}",
+            "img_per_s": f"{stats['img_per_s']:.2f}", "epoch_seconds": f"{stats['seconds']:.2f}"})
+        save_atomic({**state, "kind": "last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch}, paths.last)
+        plot_training_curves(paths.log, paths.curves, title=paths.prefix)
+    if best_epoch == 0:
+        raise UserError("validation mean AUROC was undefined in every epoch (each class has a single label value "
+                        "in the validation part); no checkpoint was chosen")
+    print(f"best validation mean AUROC {best_auroc:.4f} at epoch {best_epoch}: {paths.best}")
+    summary = {"best": str(paths.best), "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch}
+    print(json.dumps(summary))
+    return summary

@@ -18,14 +18,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def run_main(main, argv=None) -> int:
-    """Run ``main(argv)`` and turn a :class:`UserError` into ``error: <message>`` on stderr and exit code 2.
+def run_main(main, argv=None, **kwargs) -> int:
+    """Run ``main(argv, **kwargs)`` and turn a :class:`UserError` into ``error: <message>`` on stderr and exit code 2.
 
     Warnings (for example an AUROC that is n/a) are printed as one ``warning: ...`` line each.
     """
     warnings.formatwarning = _one_line_warning
     try:
-        result = main(argv)
+        result = main(argv, **kwargs)
     except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -1,47 +1,11 @@
-"""``test-model.py``: evaluate a checkpoint on the test part of its split and write the results beside it."""
+"""``test-model.py`` of folders 1-5: evaluate a checkpoint on the test part of its split, write results beside it."""
 from __future__ import annotations
 
-import csv
-import gzip
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from .checkpoint import load_checkpoint, write_text_atomic
-from .constants import CLASS_NAMES
-from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
-from .errors import ArgumentParser, UserError, positive_int
-from .metrics import evaluation_report, format_auroc_lines, format_metrics_table
-from .models import create_model
-from .pipeline import SplitData, eval_transform_for, make_paths_absolute, split_data_for
-from .plots import plot_roc_curves
-from .training import add_data_arguments
-
-
-@dataclass
-class TestResult:
-    """Everything one evaluation produced."""
-
-    checkpoint: Path
-    model_name: str
-    report: dict
-    probs: np.ndarray
-    targets: np.ndarray
-    names: list
-    patient_ids: np.ndarray
-    model: object = None        # the evaluated model (for parameter and MAC counts)
-
-
-def add_evaluation_arguments(parser: ArgumentParser) -> None:
-    """Data and evaluation flags of the test scripts; split and labels default to those of the checkpoint."""
-    add_data_arguments(parser)
-    parser.set_defaults(split=None, val_fraction=None)
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
-    parser.add_argument("--tencrop", action="store_true",
-                        help="average the probabilities of TenCrop(224) after resize 256, as the original did "
-                             "(10x the compute; default: one centre crop)")
-    parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
+from .arguments import add_evaluation_arguments, make_paths_absolute
+from .errors import ArgumentParser, UserError
+from .scoring import evaluate_checkpoint, print_result, write_results
 
 
 def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
@@ -52,111 +16,21 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
     return parser
 
 
-def load_model_for_test(checkpoint_path: Path, expected_model: str | None):
-    """Rebuild the checkpoint's model and load its weights strictly; a wrong architecture is a UserError."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    if expected_model is not None and checkpoint["model_name"] != expected_model:
-        raise UserError(f"{checkpoint_path} holds a {checkpoint['model_name']} model, not {expected_model}")
-    model = create_model(checkpoint["model_name"], num_classes=checkpoint["num_classes"],
-                         img_size=checkpoint["img_size"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        details = " ".join(str(err).split())
-        raise UserError(f"{checkpoint_path} does not fit a {checkpoint['num_classes']}-class "
-                        f"{checkpoint['model_name']}: {details[:300]}") from None
-    return checkpoint, model
+def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> int:
+    """``python test-model.py [flags]`` of folder ``index``: tests ``model<index>.pth`` (a ``model`` network).
 
-
-def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None, args,
-                        part: str = "test") -> TestResult:
-    """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores."""
-    checkpoint, model = load_model_for_test(checkpoint_path, expected_model)
-    config = checkpoint["config"]
-    if data is None:
-        data = split_data_for(config, args, parts=(part,))
-    device = resolve_device(args.device)
-    amp_dtype = amp_dtype_for(device, not args.no_amp)
-    model.to(device)
-    transform = eval_transform_for({"mean": checkpoint["mean"], "std": checkpoint["std"]}, checkpoint["img_size"],
-                                   tencrop=args.tencrop)
-    batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
-    loader = data.loader(part, transform, batch_size, shuffle=False)
-    logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}")
-    probs = sigmoid(logits)
-    thresholds = checkpoint.get("val_thresholds")
-    report = evaluation_report(targets, probs, CLASS_NAMES,
-                               val_thresholds=None if thresholds is None else np.asarray(thresholds))
-    report.update({
-        "checkpoint": str(checkpoint_path), "model_name": checkpoint["model_name"], "split": data.split.name,
-        "split_description": data.split.describe(), "part": part, "label_file": data.split.labels,
-        "crop": "ten-crop" if args.tencrop else "centre crop", "img_size": checkpoint["img_size"],
-        "trained_epoch": checkpoint.get("epoch"), "val_mean_auroc": checkpoint.get("val_mean_auroc"),
-        "git_commit": checkpoint.get("git_commit"),
-    })
-    part_data = data.split.parts[part]
-    return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
-                      part_data.patient_ids, model)
-
-
-def write_results(result: TestResult) -> dict:
-    """Write ``<stem>-test.json``, ``<stem>-test.csv``, per-image predictions and ROC curves beside the checkpoint."""
-    stem = result.checkpoint.with_suffix("")
-    paths = {"json": Path(f"{stem}-test.json"), "csv": Path(f"{stem}-test.csv"),
-             "predictions": Path(f"{stem}-test-predictions.csv.gz"), "roc": Path(f"{stem}-test-roc.png")}
-    write_text_atomic(json.dumps(result.report, indent=2), paths["json"])
-    write_text_atomic(_per_class_csv(result.report), paths["csv"])
-    with gzip.open(paths["predictions"], "wt", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["Image Index", "Patient ID", *[f"p_{c}" for c in CLASS_NAMES], *CLASS_NAMES])
-        for name, patient, prob, target in zip(result.names, result.patient_ids, result.probs, result.targets):
-            writer.writerow([name, patient, *[f"{p:.6f}" for p in prob], *target.tolist()])
-    plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],
-                    paths["roc"], f"{result.model_name}: {result.report['split']} {result.report['part']}, "
-                                  f"labels {result.report['label_file']}")
-    return paths
-
-
-def _cell(value) -> str:
-    return "n/a" if value is None else f"{value:.6f}"
-
-
-def _per_class_csv(report: dict) -> str:
-    rows = ["class,positives,auroc,f1@0.5,accuracy@0.5,sensitivity@0.5,specificity@0.5,threshold_val,"
-            "f1@val,accuracy@val,sensitivity@val,specificity@val"]
-    at_half = report["threshold_0.5"]
-    at_val = report.get("threshold_val_max_f1")
-    for index, name in enumerate(report["classes"]):
-        auroc = report["auroc"][name]
-        cells = [name, str(report["positives"][name]), "n/a" if auroc is None else f"{auroc:.6f}"]
-        cells += [_cell(at_half[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
-        if at_val:
-            cells.append(_cell(at_val["thresholds"][name]))
-            cells += [_cell(at_val[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
-        else:
-            cells += [""] * 5
-        rows.append(",".join(cells))
-    return "\n".join(rows) + "\n"
-
-
-def print_result(result: TestResult) -> None:
-    """The original's AUROC lines, then the metrics table and which split and labels they are on."""
-    for line in format_auroc_lines(result.report):
-        print(line)
-    print(f"({result.report['split_description']}; {result.report['crop']} at {result.report['img_size']})")
-    print(format_metrics_table(result.report))
-
-
-def main(argv=None, model_name: str = "chexnet", prefix: str = "model3", default_dir: Path | None = None):
-    """Entry point of folders 1-5: ``python test-model.py [flags]``."""
-    args = get_args_parser(description=f"Test {prefix}.pth ({model_name}) on the test split").parse_args(argv)
+    The checkpoint is ``--checkpoint`` or else ``model<index>.pth`` in ``folder`` (the script's own folder).
+    """
+    prefix = f"model{index}"
+    args = get_args_parser(description=f"Test {prefix}.pth ({model}) on the test split").parse_args(argv)
     make_paths_absolute(args)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(default_dir) / f"{prefix}.pth"
+    if args.checkpoint is None and folder is None:
+        raise UserError("no checkpoint: pass --checkpoint")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(folder) / f"{prefix}.pth"
     print("=> loading checkpoint")
-    result = evaluate_checkpoint(checkpoint, model_name, None, args)
+    result = evaluate_checkpoint(checkpoint, model, None, args)
     print("=> loaded checkpoint")
     print_result(result)
     paths = write_results(result)
     print("results written: " + ", ".join(str(p) for p in paths.values()))
     return 0
-

@@ -1,4 +1,4 @@
-"""Losses for 14-label (sigmoid) chest X-ray classification and its knowledge distillation (distillation.md §2-§5).
+"""Losses for 14-label (sigmoid) chest X-ray classification and its knowledge distillation (docs/distillation.md §2-§5).
 
 Every class is an independent Bernoulli variable: there is no softmax across labels anywhere in this module.
 Reduction convention for both the hard and the KD term: **mean over batch and classes**, so α weighs two terms of
@@ -7,6 +7,7 @@ float32, also when the forward passes run under autocast.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,7 @@ class LabelLoss(nn.Module):
     """Hard-label term: ``BCEWithLogits(logits, targets)``, mean over batch and classes.
 
     Args:
-        pos_weight: optional [C] tensor of per-class positive weights (class-imbalance option of distillation.md §2);
+        pos_weight: optional [C] tensor of per-class positive weights (class-imbalance option of docs/distillation.md §2);
             stored as a buffer so it follows ``.to(device)``.
     """
 
@@ -55,7 +56,7 @@ class LabelLoss(nn.Module):
 
 
 def bernoulli_kd(student_logits, teacher_probs, temperature) -> torch.Tensor:
-    """Per-class Bernoulli KL distillation term (distillation.md §3, loss A computed as B minus a constant).
+    """Per-class Bernoulli KL distillation term (docs/distillation.md §3, loss A computed as B minus a constant).
 
     Value: ``T² · mean_{batch, class} KL(Ber(p) ‖ Ber(σ(s/T)))`` where ``p = teacher_probs`` are already tempered
     teacher probabilities (σ(t/T), or an average of those). It is computed as
@@ -102,7 +103,7 @@ def _normalised_teacher_weights(weights, num_teachers, num_classes, device):
 
 
 def tempered_teacher_probs(teacher_logits, temperature, weights=None) -> torch.Tensor:
-    """Tempered teacher probabilities, averaged over an ensemble (distillation.md §5, options 1 and 4).
+    """Tempered teacher probabilities, averaged over an ensemble (docs/distillation.md §5, options 1 and 4).
 
     Args:
         teacher_logits: [B, C] logits of one teacher or [K, B, C] logits of K teachers (logits, never
@@ -208,3 +209,14 @@ def auroc_teacher_weights(per_teacher_class_auroc) -> torch.Tensor:
     missing = raw.sum(dim=0) == 0
     raw[:, missing] = 1.0
     return raw / raw.sum(dim=0, keepdim=True)
+
+
+def pos_weight_for(mode: str, labels: np.ndarray) -> torch.Tensor | None:
+    """BCE ``pos_weight`` for ``--pos-weight``: None for ``none``; for ``balanced``, negatives / positives per class
+    of the training labels (classes without positives get 1)."""
+    if mode == "none":
+        return None
+    positives = labels.sum(0).astype(np.float64)
+    negatives = len(labels) - positives
+    weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return torch.tensor(weights, dtype=torch.float32)

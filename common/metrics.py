@@ -3,9 +3,9 @@
 Conventions used throughout:
 
 - ``y_true`` is an [N, C] array of 0/1 labels (cast to int before any sklearn call, because ``roc_auc_score`` rejects
-  float or object labels; data.md §10).
+  float or object labels; docs/data.md §10).
 - ``y_prob`` / ``y_score`` are [N, C] sigmoid **probabilities** (the caller applies the sigmoid once). Functions that
-  threshold scores check that they lie in [0, 1], so logits cannot silently be thresholded at 0.5 (seed.md §13, bug 20).
+  threshold scores check that they lie in [0, 1], so logits cannot silently be thresholded at 0.5 (docs/original.md §13, bug 20).
 - A class is predicted positive when ``prob >= threshold``: the rule ``precision_recall_curve`` uses, so a threshold
   chosen on validation data reproduces its F1 exactly.
 - A class whose evaluated labels hold a single value has an undefined AUROC: it is reported as ``None`` ("n/a") with a
@@ -126,7 +126,7 @@ def binary_metrics(y_true, y_prob, thresholds) -> dict:
     """Per-class and macro F1 / accuracy / sensitivity / specificity at the given probability thresholds.
 
     - F1 is the positive-class F1 (``f1_score(pos_label=1, average='binary', zero_division=0)``), not the two-value
-      macro F1 of the original project (seed.md §8), which also averaged in the negative-class F1.
+      macro F1 of the original project (docs/original.md §8), which also averaged in the negative-class F1.
     - Sensitivity TP/(TP+FN) and specificity TN/(TN+FP) come from ``confusion_matrix(labels=[0, 1])``; they are NaN
       when undefined (no positive, respectively no negative, label).
     - Macro values are NaN-ignoring means over classes.
@@ -369,7 +369,7 @@ def patient_bootstrap_auroc_diff(y_true, prob_a, prob_b, patient_ids, n_boot=100
 
 
 def format_auroc_lines(report) -> list:
-    """The original project's AUROC lines (seed.md §9): the mean with 3 decimals, then one line per class with the
+    """The original project's AUROC lines (docs/original.md §9): the mean with 3 decimals, then one line per class with the
     full float repr, or ``n/a`` for an undefined class."""
     mean = report["mean_auroc"]
     lines = [f"The average AUROC is {mean:.3f}" if mean is not None else "The average AUROC is n/a"]

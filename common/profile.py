@@ -1,6 +1,6 @@
 """Parameter, FLOP and latency measurements, and the ``para-test`` scripts of the numbered folders.
 
-Three numbers get called "FLOPs" in this project's history (architectures.md §2); every figure printed here names
+Three numbers get called "FLOPs" in this project's history (docs/architectures.md §2); every figure printed here names
 its counter, input size and head size:
 
 - :func:`thop_total`: ``thop.profile`` total (conv/linear MACs plus BatchNorm and pooling element operations), the
@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.constants import NUM_CLASSES
-from common.errors import ArgumentParser, UserError, positive_int
+from common.engine import resolve_device
+from common.errors import ArgumentParser, positive_int
 from common.models import check_img_size, create_model, model_info
 
 _RULE = "-" * 90
@@ -61,7 +62,7 @@ def _reference_thop_rules(model: nn.Module) -> dict:
     - timm's Swin pools its NHWC tokens with ``FastAdaptiveAvgPool`` (a tensor mean), where Cream's
       SSSTransformer uses an ``nn.AdaptiveAvgPool1d`` module: count it with thop's AdaptiveAvgPool rule,
       768 x (49 + 1) = 38,400 more than timm's bare count. Result: 12,749,295,552 for AutoFormerV2-base at 224
-      (1000 classes), the seed's figure.
+      (1000 classes), the original's figure.
 
     The other networks already count as their references (OFA pools with tensor means in both implementations;
     timm's Visformer pools with ``nn.AdaptiveAvgPool2d`` like danczs').
@@ -132,7 +133,7 @@ def median_latency_ms(model: nn.Module, img_size: int, device: str | torch.devic
 
 
 def _print_parameter_table(model: nn.Module) -> int:
-    # The seed's table: titles centred in 32/42/12-character cells, rows left-aligned in 30/40/10 (never cut).
+    # The original's table: titles centred in 32/42/12-character cells, rows left-aligned in 30/40/10 (never cut).
     print(_RULE)
     print("|" + " " * 11 + "weight name" + " " * 10 + "|" + " " * 15 + "weight shape" + " " * 15 + "|"
           + " " * 3 + "number" + " " * 3 + "|")
@@ -145,25 +146,18 @@ def _print_parameter_table(model: nn.Module) -> int:
     return total
 
 
-def _resolve_devices(requested: Optional[str]) -> list[torch.device]:
+def _latency_devices(requested: Optional[str]) -> list[torch.device]:
+    """``--device`` given: that device (checked); not given: the CPU, and CUDA as well when there is one."""
     if requested is None:
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise UserError(f"--device {requested!r} is not a device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {requested}: only cpu and cuda devices are supported")
-    return [device]
+    return [resolve_device(requested)]
 
 
 def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     """The ``para-test`` script of a numbered folder: parameter table, counts, FLOPs and latency of a model.
 
     First the original repository's lines, counted like it did (batch 1, thop, with the head size it used:
-    ``model_info(model_name).seed_count_classes``), then the 14-class figures where the original counted a
+    ``model_info(model_name).original_count_classes``), then the 14-class figures where the original counted a
     1000-class head, MACs at ``--img-size`` and at the native resolution, and the median latency of one image.
     Random weights are used; nothing is downloaded. Run through :func:`common.errors.run_main`, e.g.
     ``sys.exit(run_main(functools.partial(para_test_main, model_name="chexnet")))``.
@@ -181,37 +175,37 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     parser.add_argument("--quiet-thop", action="store_true", help="hide thop's [INFO] Register lines")
     args = parser.parse_args(argv)
     check_img_size(model_name, args.img_size)
-    devices = _resolve_devices(args.device)
+    devices = _latency_devices(args.device)
     size = args.img_size
-    seed_classes = info.seed_count_classes
+    original_classes = info.original_count_classes
 
     # --- The original script's output, with its head size.
-    seed_model = create_model(model_name, num_classes=seed_classes, img_size=size).eval()
-    n_params = _print_parameter_table(seed_model)
+    original_model = create_model(model_name, num_classes=original_classes, img_size=size).eval()
+    n_params = _print_parameter_table(original_model)
     print(f"The total number of parameters: {n_params}")
     print(f"The parameters of Model {info.display_class_name}: {n_params / 1000 / 1000:4f}M")
-    if model_name == "eeea_c2":
-        # The EEEA script's summary line, full-width comma included.
+    if info.prints_comma_total:
+        # The original EEEA script's summary line, full-width comma included.
         print(f"The total number of parameters: {n_params}，{n_params / 1000 / 1000:4f}M")
     print(_RULE)
     quiet = contextlib.redirect_stdout(io.StringIO()) if args.quiet_thop else contextlib.nullcontext()
     with quiet:
-        seed_flops = thop_total(seed_model, size, verbose=True)
-    print(f"Total FLOPs: {seed_flops}")
+        original_flops = thop_total(original_model, size, verbose=True)
+    print(f"Total FLOPs: {original_flops}")
 
     # --- What the original did not print.
     print(_RULE)
     label = f"{size}x{size}, batch 1"
-    print(f"The counts above use a {seed_classes}-class head at {label}; "
+    print(f"The counts above use a {original_classes}-class head at {label}; "
           "'Total FLOPs' is thop's total (MACs plus BatchNorm/pooling operations, no attention products).")
-    if seed_classes != NUM_CLASSES:
-        seed_model.reset_classifier(NUM_CLASSES)
-        model = seed_model
+    if original_classes != NUM_CLASSES:
+        original_model.reset_classifier(NUM_CLASSES)
+        model = original_model
         print(f"Parameters with a {NUM_CLASSES}-class head: {count_parameters(model)} "
               f"({count_parameters(model) / 1e6:.6f}M)")
         print(f"thop total with a {NUM_CLASSES}-class head at {label}: {thop_total(model, size)}")
     else:
-        model = seed_model
+        model = original_model
     print(f"MACs (FlopCounterMode / 2) with a {NUM_CLASSES}-class head at {label}: {macs(model, size)}")
     if info.native_size != size:
         native_model = (create_model(model_name, num_classes=NUM_CLASSES, img_size=info.native_size).eval()

@@ -1,6 +1,6 @@
 """A small synthetic data set in the exact ChestX-ray14 (CXR8) file formats, for CPU demos and tests.
 
-``generate_synthetic_cxr8`` writes the same files the real data set ships (data.md §1-§4):
+``generate_synthetic_cxr8`` writes the same files the real data set ships (docs/data.md §1-§4):
 
 - ``images/<patient:08d>_<followup:03d>.png``: 8-bit grayscale ("L") chest-like images;
 - ``Data_Entry_2017_v2020.csv`` with the v2020 header and value conventions (integer Patient ID, Follow-up # and age);
@@ -39,7 +39,7 @@ MANIFEST_NAME = "SYNTHETIC_CXR8.json"
 MANIFEST_GENERATOR = "common.synthetic"
 IMAGE_NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
 
-# Per-class prevalence targets over all images (data.md lists the real ones; these are larger so that every class
+# Per-class prevalence targets over all images (docs/data.md §1 and §2.1 list the real ones; these are larger so that every class
 # has enough positives in a few hundred images). Indexed like CLASS_NAMES.
 PREVALENCE = {
     "Atelectasis": 0.16, "Cardiomegaly": 0.10, "Effusion": 0.17, "Infiltration": 0.20, "Mass": 0.12,

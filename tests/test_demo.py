@@ -1,10 +1,13 @@
 """The README's demo command, shrunk: synthetic data, two folders, distillation and the comparison."""
 import csv
 
+import pytest
+
 from common import demo
 from common.constants import DISTILL_FOLDER
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     out = tmp_path / "demo-run"
     assert demo.main(["--output-dir", str(out), "--patients", "30", "--img-size", "32", "--epoch-scale", "0.2",

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.cli import folder_main
+from common import compare, distill, evaluation, training
 from common.constants import DISTILL_FOLDER
 from common.data import build_transform
 from common.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, Teacher, build_or_load_cache
 from common.losses import MultiLabelKDLoss
-from common.pipeline import SplitData
-from conftest import REPO
+from common.errors import run_main
+from common.models import model_folders
+from common.split_data import SplitData
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
@@ -21,7 +22,8 @@ TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", 
 def train(folder: str, out_root: Path, synthetic: Path, *extra):
     argv = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
             "--output-dir", str(out_root / folder), *extra]
-    assert folder_main(str(REPO / folder / "train-model.py"), argv) == 0
+    index = int(folder.split("-")[0])
+    assert run_main(training.main, argv, model=model_folders()[index][1], index=index) == 0
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +65,17 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
     student_dir = teachers / DISTILL_FOLDER
     common = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
               "--output-dir", str(student_dir), "--teacher-mode", "cached"]
-    script = str(REPO / DISTILL_FOLDER / "train-model.py")
-    assert folder_main(script, common + ["--teacher", "all"]) == 0
-    assert folder_main(script, common + ["--teacher", "ensemble", "--ensemble-weights", "auroc",
-                                         "--teacher-mode", "online"]) == 0
+    assert run_main(distill.main, common + ["--teacher", "all"]) == 0
+    assert run_main(distill.main, common + ["--teacher", "ensemble", "--ensemble-weights", "auroc",
+                                            "--teacher-mode", "online"]) == 0
     for name in ("modeld1.pth", "modeld2.pth", "modeld-ensemble.pth", "modeld1-last.pth"):
         assert (student_dir / name).is_file(), name
     checkpoint = torch.load(student_dir / "modeld-ensemble.pth", map_location="cpu", weights_only=True)
     assert [t["index"] for t in checkpoint["distillation"]["teachers"]] == [1, 2]
     assert checkpoint["model_name"] == "eeea_c2"
 
-    assert folder_main(str(REPO / DISTILL_FOLDER / "test-model.py"),
-                       ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", "--n-boot", "50"]) == 0
+    assert run_main(compare.main,
+                    ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", "--n-boot", "50"]) == 0
     for name in ("comparison.md", "comparison.csv", "comparison-per-class.csv", "comparison-bootstrap.csv",
                  "comparison.json", "comparison-auroc.png"):
         assert (student_dir / name).is_file(), name
@@ -84,8 +85,8 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
     # The comparison's numbers equal those of test-model.py in each folder.
     for index, folder in ((1, "1-EEEA-Net-C2"), (2, "2-OFA-595")):
         out = teachers / folder
-        assert folder_main(str(REPO / folder / "test-model.py"),
-                           ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0", "--device", "cpu"]) == 0
+        assert run_main(evaluation.main, ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0",
+                                          "--device", "cpu"], model=model_folders()[index][1], index=index) == 0
         report = json.loads((out / f"model{index}-test.json").read_text())
         assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
         assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
@@ -95,12 +96,12 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
     assert "missing" in boot["modeld3"]["status"]
 
 
-def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic):
-    from common.errors import run_main
-    from common import distill
-    argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"),
-            "--output-dir", str(tmp_path / DISTILL_FOLDER)]
-    assert run_main(lambda a: distill.main(a, folder=tmp_path / DISTILL_FOLDER), argv) == 2
+def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic, capsys):
+    argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels")]
+    assert run_main(distill.main, argv, folder=tmp_path / DISTILL_FOLDER) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: no teacher checkpoints under") and str(tmp_path) in error
+    assert "1-EEEA-Net-C2/model1.pth" in error and len(error.splitlines()) == 1
 
 
 def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypatch):

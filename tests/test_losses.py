@@ -143,7 +143,7 @@ def test_ensemble_per_class_weights():
 
 
 def test_averaged_target_gradient_equals_average_of_per_teacher_losses():
-    # distillation.md §5 option 2: for the BCE/KL loss, averaging per-teacher losses has the averaged-target gradient.
+    # docs/distillation.md §5 option 2: for the BCE/KL loss, averaging per-teacher losses has the averaged-target gradient.
     temperature = 2.0
     teachers = _logits(12, 3, 4, 14)
     student = _logits(13, 4, 14).requires_grad_(True)

@@ -1,4 +1,4 @@
-"""The model registry: names, facts, shapes, shared interface, key layouts (architectures.md §15). CPU, offline."""
+"""The model registry: names, facts, shapes, shared interface, key layouts (docs/architectures.md §15). CPU, offline."""
 import pytest
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ def models(one_thread):
 
 def test_registry_names_and_facts():
     assert list_models() == NAMES
-    expected = {  # native size, head width, seed head size, display name, ImageNet file
+    expected = {  # native size, head width, original head size, display name, ImageNet file
         "eeea_c2": (192, 1280, 14, "MobileNetV3", "jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt"),
         "ofa595": (236, 1536, 14, "MobileNetV3", "jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt"),
         "chexnet": (224, 1024, 14, "DenseNet121", "download.pytorch.org/models/densenet121-a639ec97.pth"),
@@ -32,11 +32,11 @@ def test_registry_names_and_facts():
                                                          "visformer_small.pth"),
         "autoformerv2_base": (224, 768, 1000, "SSSTransformer", "v0.1-weights/s3_b-a1e95db4.pth"),
     }
-    for name, (native, features, seed_classes, display, url_tail) in expected.items():
+    for name, (native, features, original_classes, display, url_tail) in expected.items():
         info = model_info(name)
         assert isinstance(info, ModelInfo)
-        assert (info.name, info.native_size, info.num_features, info.seed_count_classes, info.display_class_name) == (
-            name, native, features, seed_classes, display)
+        assert (info.name, info.native_size, info.num_features, info.original_count_classes, info.display_class_name) == (
+            name, native, features, original_classes, display)
         assert info.mean == IMAGENET_MEAN and info.std == IMAGENET_STD
         assert info.imagenet_url.startswith("https://") and info.imagenet_url.endswith(url_tail)
     with pytest.raises(AttributeError):
@@ -121,7 +121,7 @@ def test_ofa_key_names_follow_ofa_004(models):
     assert "blocks.4.mobile_inverted_conv.depth_conv.se.fc.reduce.bias" in keys
     assert "blocks.7.mobile_inverted_conv.depth_conv.se.fc.reduce.weight" not in keys  # stage 3: no SE
     assert models["eeea_c2"]._get_name() == "MobileNetV3"
-    # Block widths of architectures.md §5/§6 (mid channels and SE width).
+    # Block widths of docs/architectures.md §5/§6 (mid channels and SE width).
     sd = models["eeea_c2"].state_dict()
     assert sd["blocks.11.mobile_inverted_conv.depth_conv.conv.weight"].shape == (480, 1, 7, 7)
     assert sd["blocks.11.mobile_inverted_conv.depth_conv.se.fc.reduce.weight"].shape == (120, 480, 1, 1)

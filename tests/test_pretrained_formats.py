@@ -1,4 +1,4 @@
-"""Every published checkpoint layout (architectures.md §10), the head rule and the loading errors. CPU, offline.
+"""Every published checkpoint layout (docs/architectures.md §10), the head rule and the loading errors. CPU, offline.
 
 Each published file is imitated by transforming a reference model's state dict into the published naming and
 wrapper (random weights, real key names); loading it must reproduce the reference model's outputs exactly.
@@ -129,7 +129,7 @@ def test_official_ofa_init_and_ofa_010_names(refs, tmp_path):
     assert any("mobile_inverted_conv" in note for note in notes)
 
 
-def test_seed_model1_darmo_reset_classifier_head(refs, tmp_path):
+def test_original_model1_darmo_reset_classifier_head(refs, tmp_path):
     ref = refs["eeea_c2"][14]
     darmo_head = _rename(ref.state_dict(), lambda k: k.replace("classifier.linear.", "classifier."))
     wrapped = {f"module._orig_mod.{k}": v for k, v in darmo_head.items()}
@@ -162,30 +162,30 @@ def test_arnoweng_chexnet_tar_gives_a_ready_14_class_model(refs, tmp_path):
     assert any("num_batches_tracked" in note for note in notes)
 
 
-def test_seed_model3_and_timm_densenet(refs, tmp_path):
+def test_original_model3_and_timm_densenet(refs, tmp_path):
     ref = refs["chexnet"][14]
-    seed = _rename(ref.state_dict(), lambda k: "densenet121." + k.replace("classifier.", "classifier.0."))
-    _load_and_compare(ref, _save(tmp_path, seed, "model3.pth"), "chexnet")
+    original = _rename(ref.state_dict(), lambda k: "densenet121." + k.replace("classifier.", "classifier.0."))
+    _load_and_compare(ref, _save(tmp_path, original, "model3.pth"), "chexnet")
     _load_and_compare(ref, _save(tmp_path, ref.state_dict(), "timm.pth"), "chexnet")
 
 
 # ---- Visformer-small --------------------------------------------------------------------------------------------
 
-def test_danczs_visformer_and_seed_model4(refs, tmp_path):
+def test_danczs_visformer_and_original_model4(refs, tmp_path):
     ref = refs["visformer_small"][1000]
     danczs = _danczs_visformer(ref)
     assert len(danczs) == 205 and "stem.1.bn.weight" in danczs and "norm.bn.running_var" in danczs
     notes = _load_and_compare(ref, _save(tmp_path, {"model": danczs}, "visformer_small.pth"), "visformer_small")
     assert any("'model'" in note for note in notes) and any(".bn." in note for note in notes)
     ref14 = refs["visformer_small"][14]
-    seed = _rename(_danczs_visformer(ref14), lambda k: k.replace("head.", "head.0."))
-    _load_and_compare(ref14, _save(tmp_path, seed, "model4.pth"), "visformer_small")
+    original = _rename(_danczs_visformer(ref14), lambda k: k.replace("head.", "head.0."))
+    _load_and_compare(ref14, _save(tmp_path, original, "model4.pth"), "visformer_small")
     _load_and_compare(ref, _save(tmp_path, ref.state_dict(), "timm.pth"), "visformer_small")
 
 
 # ---- AutoFormerV2-base ------------------------------------------------------------------------------------------
 
-def test_cream_darmo_seed_and_timm_swin_layouts(refs, tmp_path):
+def test_cream_darmo_original_and_timm_swin_layouts(refs, tmp_path):
     ref = refs["autoformerv2_base"][1000]
     cream = _cream_swin(ref)
     assert len(cream) == 523 and "layers.0.downsample.reduction.weight" in cream and "head.weight" in cream
@@ -196,8 +196,8 @@ def test_cream_darmo_seed_and_timm_swin_layouts(refs, tmp_path):
     assert len(timm_sd) == 485
     _load_and_compare(ref, _save(tmp_path, timm_sd, "s3_b-a1e95db4.pth"), "autoformerv2_base")
     ref14 = refs["autoformerv2_base"][14]
-    seed = _rename(_cream_swin(ref14), lambda k: re.sub(r"^head\.", "head.0.", k))
-    _load_and_compare(ref14, _save(tmp_path, seed, "model5.pth"), "autoformerv2_base")
+    original = _rename(_cream_swin(ref14), lambda k: re.sub(r"^head\.", "head.0.", k))
+    _load_and_compare(ref14, _save(tmp_path, original, "model5.pth"), "autoformerv2_base")
 
 
 def test_swin_checkpoint_from_another_input_size_gets_resized_tables(refs, tmp_path):

@@ -1,4 +1,4 @@
-"""Parameter / thop / MAC counts of architectures.md §3 and §15, and the para-test output format. CPU, offline."""
+"""Parameter / thop / MAC counts of docs/architectures.md §3 and §15, and the para-test output format. CPU, offline."""
 import re
 
 import pytest
@@ -64,7 +64,7 @@ def _run_para_test(capsys, name, *args):
     return capsys.readouterr().out.splitlines()
 
 
-def test_para_test_eeea_prints_the_seed_lines(capsys):
+def test_para_test_eeea_prints_the_original_lines(capsys):
     lines = _run_para_test(capsys, "eeea_c2")
     assert lines[0] == DASHES
     assert lines[1] == "|           weight name          |               weight shape               |   number   |"
@@ -93,7 +93,7 @@ def test_para_test_quiet_thop_hides_only_thop(capsys):
     assert "Total FLOPs: " + str(float(thop_total(create_model("eeea_c2"), 96))) in lines
 
 
-@pytest.mark.parametrize("name, seed_lines, extra", [
+@pytest.mark.parametrize("name, original_lines, extra", [
     ("visformer_small",
      ["The total number of parameters: 40219592", "The parameters of Model Visformer: 40.219592M",
       "Total FLOPs: 4757290496.0"],
@@ -107,9 +107,9 @@ def test_para_test_quiet_thop_hides_only_thop(capsys):
       "thop total with a 14-class head at 224x224, batch 1: 12748538304.0",
       "MACs (FlopCounterMode / 2) with a 14-class head at 224x224, batch 1: 13654255104"]),
 ])
-def test_para_test_of_the_transformers_counts_the_seed_head_then_14_classes(capsys, name, seed_lines, extra):
+def test_para_test_of_the_transformers_counts_the_original_head_then_14_classes(capsys, name, original_lines, extra):
     lines = _run_para_test(capsys, name)
-    for line in seed_lines + extra:
+    for line in original_lines + extra:
         assert line in lines
     assert any("1000-class head at 224x224" in line for line in lines)
 

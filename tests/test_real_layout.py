@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import folder_main
+from common import evaluation, training
 from common.data import read_name_list, resource_path
-from conftest import REPO
+from common.errors import run_main
 
 REAL = Path(__file__).parent / "data" / "images"
 
@@ -35,9 +35,10 @@ def test_train_and_test_on_real_pngs(real_layout, tmp_path, folder, index):
     flags = ["--data-dir", str(real_layout), "--split", str(real_layout / "lists"), "--label-file", "v2020",
              "--val-fraction", "0.34", "--seed", "3", "--epochs", "1", "--batch-size", "4", "--img-size", "64",
              "--workers", "0", "--device", "cpu", "--output-dir", str(out)]
-    assert folder_main(str(REPO / folder / "train-model.py"), flags) == 0
-    assert folder_main(str(REPO / folder / "test-model.py"),
-                       ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0", "--tencrop"]) == 0
+    model = "eeea_c2" if index == 1 else "ofa595"
+    assert run_main(training.main, flags, model=model, index=index) == 0
+    assert run_main(evaluation.main, ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0", "--tencrop"],
+                    model=model, index=index) == 0
     report = json.loads((out / f"model{index}-test.json").read_text())
     assert report["n_images"] == 4 and report["label_file"].endswith("(v2020)")
     assert report["crop"] == "ten-crop"

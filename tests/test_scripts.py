@@ -3,13 +3,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from common.constants import MODEL_FOLDERS
+from common.models import model_folders
 from conftest import REPO, run_script
+
+# Every test here runs the scripts as subprocesses (a fresh interpreter each: seconds apiece).
+pytestmark = pytest.mark.slow
 
 TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
@@ -19,27 +21,36 @@ def data_flags(synthetic):
     return ["--data-dir", synthetic / "images", "--split", synthetic / "labels"]
 
 
-@pytest.mark.parametrize("index", sorted(MODEL_FOLDERS))
+# Runs a folder's training command in a child process that SIGKILLs itself right after its first epoch's
+# checkpoint and curves are written: a real kill at a deterministic moment.
+KILL_AFTER_FIRST_EPOCH = """
+import os, signal, sys
+import common.engine as engine
+from common.errors import run_main
+from common.training import main
+draw_curves = engine.plot_training_curves
+def draw_then_die(*args, **kwargs):
+    draw_curves(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+engine.plot_training_curves = draw_then_die
+sys.exit(run_main(main, sys.argv[3:], model=sys.argv[1], index=int(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("index", sorted(model_folders()))
 def test_train_kill_resume_test(index, synthetic, tmp_path):
-    folder, model_name = MODEL_FOLDERS[index]
+    folder, model_name = model_folders()[index]
     out = tmp_path / folder
-    command = [sys.executable, str(REPO / folder / "train-model.py"), *map(str, data_flags(synthetic)), *TINY,
-               "--output-dir", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, model_name, str(index),
+               *map(str, data_flags(synthetic)), *TINY, "--output-dir", str(out)]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     last = out / f"model{index}-last.pth"
-    deadline = time.time() + 300
-    while not last.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert last.exists(), process.stderr.read()
-    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
-    assert killed_at >= 1
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
 
     resumed = run_script(f"{folder}/train-model.py", *data_flags(synthetic), *TINY, "--output-dir", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    if killed_at < 3:
-        assert f"resuming {last}" in resumed.stdout
+    assert f"resuming {last} at epoch 2" in resumed.stdout
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["epoch"] == 3 and state["model_name"] == model_name
     log_epochs = [line.split(",")[0] for line in (out / f"model{index}-log.csv").read_text().splitlines()[1:]]

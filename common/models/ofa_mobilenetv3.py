@@ -2,7 +2,7 @@
 
 Both networks are subnets of the OFA MobileNetV3 search space (Cai et al., ICLR 2020): one module tree,
 parameterised by per-block kernel sizes and expand ratios, per-stage depths and a width multiplier, covers both
-(architectures.md §4-§6).
+(docs/architectures.md §4-§6).
 
 Module names follow ofa 0.0.4 exactly (``first_conv.{conv,bn}``,
 ``blocks.{i}.mobile_inverted_conv.{inverted_bottleneck,depth_conv,point_linear}.{conv,bn}``,
@@ -78,7 +78,7 @@ class OFASubnetConfig:
                 f"need one entry per block, sum(depths) = {sum(self.depths)}")
 
 
-# darmo/config/eeea_c2.subnet (architectures.md §5); the classifier of its net.config has dropout_rate 0.
+# darmo/config/eeea_c2.subnet (docs/architectures.md §5); the classifier of its net.config has dropout_rate 0.
 EEEA_C2_CONFIG = OFASubnetConfig(
     name="eeea_c2",
     width_mult=1.0,
@@ -89,7 +89,7 @@ EEEA_C2_CONFIG = OFASubnetConfig(
     dropout=0.0,
 )
 
-# ofa_specialized("flops@595M_top1@80.0_finetune@75") (architectures.md §6). The official net.config has
+# ofa_specialized("flops@595M_top1@80.0_finetune@75") (docs/architectures.md §6). The official net.config has
 # Dropout(0.2) before the classifier; darmo drops it, we keep it.
 OFA595_CONFIG = OFASubnetConfig(
     name="ofa595",
@@ -191,7 +191,7 @@ class LinearClassifier(nn.Module):
 class MobileNetV3(nn.Module):
     """An OFA MobileNetV3 subnet built from an :class:`OFASubnetConfig`, returning logits ``[B, num_classes]``.
 
-    The class name matches darmo's (``model._get_name() == "MobileNetV3"``) and the seed's para-test output.
+    The class name matches darmo's (``model._get_name() == "MobileNetV3"``) and the original's para-test output.
 
     Interface shared with the timm models of the registry:
 

@@ -1,21 +1,20 @@
 """Loading published and project checkpoints into the registry's models, strictly.
 
-Every published layout of architectures.md §10 is converted to this project's key names by explicit, deterministic
-renames, then loaded with ``strict=True``. The only tolerated difference is the classifier: a checkpoint whose head
+Every published layout (docs/architectures.md §10) is converted to this project's key names by the model's converter
+(:mod:`common.models.converters`, named in its registry entry): explicit, deterministic renames, then loaded with ``strict=True``. The only tolerated difference is the classifier: a checkpoint whose head
 has another class count (an ImageNet file loaded into a 14-class model) or no head at all leaves the model's fresh
 head in place, and the skipped keys are reported. Anything else that does not match is a :class:`UserError` naming
 the file and the first offending keys: ``strict=False`` silently keeping random weights is how the arnoweng
-checkpoint gave AUROC 0.5 to its users (architectures.md §14.8).
+checkpoint gave AUROC 0.5 to its users (docs/architectures.md §14.8).
 """
 from __future__ import annotations
 
 import os
 import pickle
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 from urllib.error import URLError
 from urllib.parse import urlparse
 
@@ -23,9 +22,8 @@ import torch
 from torch import nn
 
 from common.errors import UserError
+from common.models.converters import ConversionError, StateDict, strip_prefix
 from common.models.registry import ModelInfo, model_info
-
-StateDict = dict[str, torch.Tensor]
 
 # Seconds to wait for a TCP connection to the weights' host before declaring the network unreachable.
 NETWORK_TIMEOUT_S = 5.0
@@ -73,8 +71,8 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
     state_dict = _extract_state_dict(checkpoint, path, model_name, model_classes, notes)
     state_dict = _strip_wrapper_prefixes(state_dict, notes)
     try:
-        state_dict = _CONVERTERS[model_name](state_dict, model, notes)
-    except _ConversionError as err:
+        state_dict = info.converter(state_dict, model, notes)
+    except ConversionError as err:
         raise UserError(f"checkpoint {path}: {err}") from None
     state_dict = _match_to_model(state_dict, model, info, path, notes)
     # Strict: _match_to_model has produced exactly the model's keys and shapes.
@@ -180,98 +178,15 @@ def _head_rows(state_dict: Mapping[str, torch.Tensor], info: ModelInfo) -> Union
     return None if weight is None else int(weight.shape[0])
 
 
-def _strip_prefix(state_dict: StateDict, prefix: str, notes: list[str], why: str) -> StateDict:
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        notes.append(f"stripped the {prefix!r} prefix ({why})")
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
 def _strip_wrapper_prefixes(state_dict: StateDict, notes: list[str]) -> StateDict:
     # Repeat: a compiled DataParallel model saves `module._orig_mod.` (or the reverse).
     while True:
         stripped = state_dict
         for prefix in _WRAPPER_PREFIXES:
-            stripped = _strip_prefix(stripped, prefix, notes, "a DataParallel/DDP or torch.compile wrapper")
+            stripped = strip_prefix(stripped, prefix, notes, "a DataParallel/DDP or torch.compile wrapper")
         if stripped is state_dict:
             return state_dict
         state_dict = stripped
-
-
-class _ConversionError(Exception):
-    """A key conversion cannot apply to this checkpoint (turned into a UserError naming the file)."""
-
-
-def _rename(state_dict: StateDict, rename: Callable[[str], str], notes: list[str], what: str) -> StateDict:
-    renamed = {rename(key): value for key, value in state_dict.items()}
-    if len(renamed) != len(state_dict):
-        raise _ConversionError(f"two keys get the same name after the rename {what}")
-    changed = sum(new != old for new, old in zip(renamed, state_dict))
-    if changed:
-        notes.append(f"renamed {changed} keys: {what}")
-    return renamed
-
-
-def _convert_ofa(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
-    # ofa 0.1.0 calls the inverted-residual layer `conv`; ofa 0.0.4 (darmo, official init) `mobile_inverted_conv`.
-    state_dict = _rename(state_dict, lambda k: re.sub(r"^blocks\.(\d+)\.conv\.", r"blocks.\1.mobile_inverted_conv.", k),
-                         notes, "ofa 0.1.0 blocks.{i}.conv -> blocks.{i}.mobile_inverted_conv")
-    # darmo's reset_classifier puts a bare nn.Linear at `classifier` (the original's model1/model2.pth).
-    return _rename(state_dict, lambda k: re.sub(r"^classifier\.(weight|bias)$", r"classifier.linear.\1", k),
-                   notes, "darmo reset_classifier head classifier.* -> classifier.linear.*")
-
-
-def _convert_densenet(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
-    # arnoweng's wrapper (`module.densenet121.`, the module. part already stripped) and the original's model3.pth.
-    state_dict = _strip_prefix(state_dict, "densenet121.", notes, "arnoweng's DenseNet121 wrapper")
-    # Pre-0.4 torchvision named dense-layer modules `norm.1`, `conv.2`, ...: illegal module names since then.
-    state_dict = _rename(state_dict, lambda k: re.sub(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.", r"\1\2.", k),
-                         notes, "old torchvision dense-layer names norm.1/conv.1/norm.2/conv.2 -> norm1/conv1/...")
-    # Sequential(Linear, Sigmoid) head: keep the Linear; the sigmoid belongs to the loss and metrics.
-    return _rename(state_dict, lambda k: re.sub(r"^classifier\.0\.", "classifier.", k),
-                   notes, "Sequential head classifier.0.* -> classifier.* (its Sigmoid is not part of the model)")
-
-
-def _convert_visformer(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
-    # danczs/Visformer wraps every BatchNorm in a module with a `bn` child; timm does not.
-    state_dict = _rename(state_dict, lambda k: k.replace(".bn.", "."), notes, "danczs Visformer '.bn.' removed")
-    return _rename(state_dict, lambda k: re.sub(r"^head\.0\.", "head.", k),
-                   notes, "Sequential head head.0.* -> head.* (its Sigmoid is not part of the model)")
-
-
-def _convert_swin(state_dict: StateDict, model: nn.Module, notes: list[str]) -> StateDict:
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    # The original's model5.pth: Cream naming with a Sequential(Linear, Sigmoid) head.
-    state_dict = _rename(state_dict, lambda k: re.sub(r"^head\.0\.", "head.", k),
-                         notes, "Sequential head head.0.* -> head.* (its Sigmoid is not part of the model)")
-    cream = "layers.0.downsample.reduction.weight" in state_dict
-    tables = {k: v.shape for k, v in state_dict.items() if k.endswith("relative_position_bias_table")}
-    # timm's own converter: drops the relative_position_index / attn_mask buffers, moves Cream's end-of-stage
-    # downsampling to the start of the next stage, renames head.* to head.fc.*, and resizes relative-position
-    # tables when the model was built for another input size. Harmless on timm-format files.
-    try:
-        converted = checkpoint_filter_fn(state_dict, model)
-    except AttributeError as err:
-        # A relative-position table for a block the model does not have (another Swin depth).
-        raise _ConversionError(f"timm's Swin converter failed ({err}); is this an S3-B checkpoint?") from None
-    if cream:
-        notes.append(f"converted Cream/darmo AutoFormerV2 naming ({len(state_dict)} entries) to timm's "
-                     f"swin_s3_base_224 naming ({len(converted)} entries) with timm's checkpoint_filter_fn")
-    resized = [k for k, shape in tables.items() if converted[k].shape != shape]
-    if resized:
-        notes.append(f"resized {len(resized)} relative-position bias tables to the model's attention windows "
-                     "(the checkpoint was trained at another input size)")
-    return converted
-
-
-_CONVERTERS: Mapping[str, Callable[[StateDict, nn.Module, list[str]], StateDict]] = {
-    "eeea_c2": _convert_ofa,
-    "ofa595": _convert_ofa,
-    "chexnet": _convert_densenet,
-    "visformer_small": _convert_visformer,
-    "autoformerv2_base": _convert_swin,
-}
 
 
 def _first(keys: list[str], limit: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""Shared steps of the scripts: data loaders for a split, the device setup and result file names."""
+"""A split with its image index and loaders (:class:`SplitData`), and the split a checkpoint was trained on."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .data import (NAMED_SPLITS, CXR8Dataset, PngImageSource, build_split, build_transform, index_images,
+from .data import (CXR8Dataset, PngImageSource, build_split, build_transform, index_images,
                    require_images)
 from .errors import UserError
 
@@ -32,24 +32,18 @@ def split_mismatch(config: dict, other: dict) -> str | None:
     return next((key for key in SPLIT_KEYS if config.get(key) != other.get(key)), None)
 
 
+def trained_with_message(path, key: str, theirs, ours_label: str, ours) -> str:
+    """``<path> was trained with --<key> <theirs>, <ours_label> with <ours>``: the start of every refusal of a
+    checkpoint made with other flags (the caller adds why that matters)."""
+    return f"{path} was trained with --{key.replace('_', '-')} {theirs}, {ours_label} {ours}"
+
+
 def split_data_for(config: dict, args, parts) -> "SplitData":
     """The split a checkpoint was trained on (its ``config``), with any data flag given in ``args`` taking over."""
     label_file = args.label_file if args.label_file is not None else config.get("label_file")
     val_fraction = args.val_fraction if args.val_fraction is not None else config.get("val_fraction", 0.1)
     return SplitData(args.data_dir or config.get("data_dir"), args.split or config["split"], label_file,
                      val_fraction, config.get("seed", 0), parts=parts, workers=args.workers)
-
-
-def make_paths_absolute(args) -> None:
-    """Store ``--data-dir`` and a directory ``--split`` as absolute paths, so that checkpoints which record them
-    work from any folder and compare equal however the path was typed."""
-    if getattr(args, "data_dir", None):
-        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
-    split = getattr(args, "split", None)
-    if split and split not in NAMED_SPLITS and Path(split).is_dir():
-        args.split = str(Path(split).resolve())
-    if getattr(args, "label_file", None) and args.label_file not in ("2017", "v2020"):
-        args.label_file = str(Path(args.label_file).expanduser().resolve())
 
 
 class SplitData:

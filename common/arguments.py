@@ -1,0 +1,100 @@
+"""The command-line flags the commands share, and how parsed flags are normalised and recorded.
+
+Training, evaluation, distillation and the comparison build their parsers from these groups, so that one flag has
+one definition. Defaults are documented against the original repository's settings (docs/original.md §5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import LABEL_VERSIONS, NAMED_SPLITS
+from .errors import (ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int,
+                     unit_fraction)
+from .split_data import default_workers
+
+
+def add_data_arguments(parser: ArgumentParser) -> None:
+    """Flags that say which images and which split: shared by training, testing and distillation."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", default=None,
+                       help="folder holding the CXR8 PNGs in any layout: images/, images_0XX/(images/), resized "
+                            "copies (default: $CXR8_DATA_DIR; original: ../ChestX-ray14/images-224)")
+    group.add_argument("--split", default="official",
+                       help="official (NIH lists, validation carved by patient), arnoweng (arnoweng/CheXNet lists), "
+                            "or a directory of list files (default: official; original: arnoweng train list, "
+                            "no validation, unlabelled official test list)")
+    group.add_argument("--label-file", default=None,
+                       help="labels for names-only lists: v2020, 2017 or a Data_Entry CSV path (default: v2020 for "
+                            "official; the inline labels for labelled lists)")
+    group.add_argument("--val-fraction", type=unit_fraction, default=0.1,
+                       help="share of train_val patients held out for validation in the official split (default 0.1)")
+    group.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                       help="DataLoader worker processes (default: CPU cores, at most 8; original: 4)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+def add_training_arguments(parser: ArgumentParser) -> None:
+    """The training flags (schedule, augmentation, initial weights, output) of every ``train-model.py``."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10, as the original)")
+    group.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32; original 16)")
+    group.add_argument("--lr", type=positive_float, default=3e-4,
+                       help="peak AdamW learning rate (default 3e-4 with warm-up and cosine decay; original 1e-3, "
+                            "constant)")
+    group.add_argument("--weight-decay", type=non_negative_float, default=0.01,
+                       help="AdamW weight decay (default 0.01, as the original)")
+    group.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up (default 1)")
+    group.add_argument("--clip-grad", type=non_negative_float, default=1.0,
+                       help="gradient-norm clipping, 0 to disable (default 1.0; original none)")
+    group.add_argument("--pos-weight", choices=("none", "balanced"), default="none",
+                       help="BCE per-class pos_weight: none, or balanced = negatives/positives of the training part")
+    group.add_argument("--img-size", type=positive_int, default=224, help="input size (default 224, as the original)")
+    group.add_argument("--crop-scale", type=unit_fraction, default=0.08,
+                       help="smallest area share of RandomResizedCrop (default 0.08, torchvision's and the original's)")
+    group.add_argument("--pretrained", default=None,
+                       help="initial weights: a local checkpoint file in a published format, or 'imagenet' to "
+                            "download the published ImageNet file (needs the network); default: random init")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    group.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too (default: bf16/fp16 AMP)")
+    group.add_argument("--eval-batch-size", type=positive_int, default=None, help="default: 2 x --batch-size")
+    group = parser.add_argument_group("output")
+    group.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: the script's folder)")
+    group.add_argument("--resume", nargs="?", const="auto", default=None,
+                       help="continue an interrupted run from its *-last.pth (or from the given file)")
+    group.add_argument("--overwrite", action="store_true", help="start again even if checkpoints already exist")
+
+
+def add_evaluation_arguments(parser: ArgumentParser) -> None:
+    """Data and evaluation flags of the test scripts; split and labels default to those of the checkpoint."""
+    add_data_arguments(parser)
+    parser.set_defaults(split=None, val_fraction=None)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--tencrop", action="store_true",
+                        help="average the probabilities of TenCrop(224) after resize 256, as the original did "
+                             "(10x the compute; default: one centre crop)")
+    parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
+
+
+def make_paths_absolute(args) -> None:
+    """Store ``--data-dir`` and a directory ``--split`` as absolute paths, so that checkpoints which record them
+    work from any folder and compare equal however the path was typed."""
+    if getattr(args, "data_dir", None):
+        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    split = getattr(args, "split", None)
+    if split and split not in NAMED_SPLITS and Path(split).is_dir():
+        args.split = str(Path(split).resolve())
+    if getattr(args, "label_file", None) and args.label_file not in LABEL_VERSIONS:
+        args.label_file = str(Path(args.label_file).expanduser().resolve())
+
+
+def recorded_config(args) -> dict:
+    """The parsed flags as plain JSON-able values, as checkpoints record them (loadable with weights_only=True)."""
+    return {key: _plain(value) for key, value in vars(args).items()}
+
+
+def _plain(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,129 @@
+"""The setup step of a training run, shared by ``train-model.py`` in folders 1-5 and in folder 6.
+
+:func:`setup_training` turns parsed flags into what :func:`common.engine.fit` needs (device, data, model with its
+initial weights, checkpoint paths, the state to resume); the caller then builds its criterion and calls
+:meth:`TrainingRun.fit`. Base training and distillation differ only in the criterion they pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .arguments import recorded_config
+from .checkpoint import git_commit, load_checkpoint, seed_everything
+from .constants import CLASS_NAMES, NUM_CLASSES
+from .data import build_transform
+from .engine import CheckpointPaths, OptimiserSettings, amp_dtype_for, fit, resolve_device
+from .errors import UserError
+from .models import ModelInfo, create_model, load_pretrained, model_info
+from .split_data import SplitData, eval_transform_for, trained_with_message
+
+
+def training_data(args) -> SplitData:
+    """The split and image index a training run reads (train and val parts)."""
+    return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
+                     parts=("train", "val"), workers=args.workers)
+
+
+def resume_state_for(args, paths: CheckpointPaths, model_name: str, missing_ok: bool = False) -> dict | None:
+    """The ``-last.pth`` state ``--resume`` names, checked against this run; None when not resuming.
+
+    ``missing_ok``: ``--resume`` without a file and no ``-last.pth`` yet starts the run from the beginning (used by
+    ``--teacher all``, where a teacher whose run never started has nothing to resume).
+    """
+    if args.resume is None:
+        if not args.overwrite and (paths.best.exists() or paths.last.exists()):
+            existing = paths.best if paths.best.exists() else paths.last
+            raise UserError(f"{existing} already exists: pass --resume to continue that run or --overwrite to start "
+                            "again (the existing files are kept until a new epoch replaces them)")
+        return None
+    resume_path = paths.last if args.resume == "auto" else Path(args.resume)
+    if not resume_path.is_file():
+        if missing_ok and args.resume == "auto":
+            print(f"--resume: no {resume_path.name} yet, so {paths.prefix} starts from the beginning")
+            return None
+        raise UserError(f"--resume: {resume_path} does not exist (nothing to resume)")
+    state = load_checkpoint(resume_path)
+    if state.get("model_name") != model_name or "optimizer" not in state:
+        raise UserError(f"--resume: {resume_path} is not a {model_name} *-last.pth training state")
+    for key in ("split", "label_file", "img_size"):
+        if state["config"].get(key) != getattr(args, key):
+            raise UserError("--resume: " + trained_with_message(resume_path, key, state["config"].get(key),
+                                                                "not", getattr(args, key)))
+    state["path"] = str(resume_path)
+    return state
+
+
+@dataclass
+class TrainingRun:
+    """Everything a training run needs before its criterion: made by :func:`setup_training`."""
+
+    model_name: str
+    info: ModelInfo
+    paths: CheckpointPaths
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: SplitData | None
+    model: torch.nn.Module | None
+    resume_state: dict | None
+    finished: dict | None = None  # the summary, when the resumed run had already finished every epoch
+    channels_last: bool = field(default=False)
+
+    def fit(self, criterion, args, extra_metadata: dict | None = None) -> dict:
+        """Train with ``criterion`` and the schedule of ``args``; see :func:`common.engine.fit`."""
+        info, data = self.info, self.data
+        train_transform = build_transform(args.img_size, info.mean, info.std, train=True,
+                                          crop_scale=(args.crop_scale, 1.0))
+        val_loader = data.loader("val", eval_transform_for({"mean": info.mean, "std": info.std}, args.img_size),
+                                 args.eval_batch_size or 2 * args.batch_size, shuffle=False)
+        train_size = len(data.split.parts["train"])
+
+        def train_loader(epoch: int):
+            return data.loader("train", train_transform, args.batch_size, shuffle=True,
+                               seed=args.seed * 1000 + epoch, drop_last=train_size > args.batch_size)
+
+        metadata = {
+            "model_name": self.model_name, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
+            "img_size": args.img_size, "mean": list(info.mean), "std": list(info.std),
+            "split": data.split.name, "split_description": data.split.describe(), "label_file": data.split.labels,
+            "git_commit": git_commit(), "config": recorded_config(args), **(extra_metadata or {}),
+        }
+        settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                                     warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad)
+        return fit(self.model, criterion, train_loader, val_loader, settings, self.paths, self.device,
+                   self.amp_dtype, metadata, resume_state=self.resume_state, channels_last=self.channels_last)
+
+
+def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_source: str | None = None,
+                   data: SplitData | None = None, resume_missing_ok: bool = False) -> TrainingRun:
+    """Device, data, model (with ``init_source`` weights unless resuming), paths and resume state of a run.
+
+    ``data`` reuses an already indexed split (several runs on the same images). When the state to resume has
+    finished every epoch already, the returned run has ``finished`` set and nothing else to do.
+    """
+    paths = CheckpointPaths.for_prefix(output_dir, prefix)
+    resume_state = resume_state_for(args, paths, model_name, missing_ok=resume_missing_ok)
+    info = model_info(model_name)
+    if resume_state is not None and resume_state["epoch"] >= args.epochs:
+        print(f"{resume_state['path']} already finished {resume_state['epoch']} of {args.epochs} epochs; "
+              "nothing to do")
+        finished = {"best": paths.best, "best_val_mean_auroc": resume_state["best_val_mean_auroc"]}
+        return TrainingRun(model_name, info, paths, torch.device("cpu"), None, None, None, resume_state, finished)
+
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    amp_dtype = amp_dtype_for(device, not args.no_amp)
+    data = data or training_data(args)
+    print(data.split.describe())
+
+    model = create_model(model_name, num_classes=NUM_CLASSES, img_size=args.img_size)
+    if init_source and resume_state is None:
+        load_pretrained(model, model_name, init_source)
+    channels_last = device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return TrainingRun(model_name, info, paths, device, amp_dtype, data, model, resume_state,
+                       channels_last=channels_last)
