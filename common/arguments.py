@@ -5,10 +5,11 @@ one definition. Defaults are documented against the original repository's settin
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .data import LABEL_VERSIONS, NAMED_SPLITS
-from .errors import (ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int,
+from .errors import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                      unit_fraction)
 from .split_data import default_workers
 
@@ -73,6 +74,50 @@ def add_evaluation_arguments(parser: ArgumentParser) -> None:
                         help="average the probabilities of TenCrop(224) after resize 256, as the original did "
                              "(10x the compute; default: one centre crop)")
     parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
+    parser.add_argument("--n-boot", type=positive_int, default=1000,
+                        help="patient-level bootstrap resamples for the 95%% intervals (default 1000)")
+
+
+# Flags a resumed run takes from its -last.pth when they are not typed again (the run's own settings).
+RESUMED_FLAGS = ("data_dir", "split", "label_file", "val_fraction", "seed", "epochs", "batch_size", "lr",
+                 "weight_decay", "warmup_epochs", "clip_grad", "pos_weight", "img_size", "crop_scale", "pretrained",
+                 "no_amp", "eval_batch_size", "alpha", "temperature", "teacher_mode", "ensemble_weights",
+                 "student_init", "cache_dir")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, plus ``explicit_flags``: the destinations typed on the command line.
+
+    A resumed run takes every flag the user did not type from its checkpoint, and refuses a typed one that differs
+    (:func:`restore_resumed_flags`); for that it must know which were typed.
+    """
+    args = parser.parse_args(argv)
+    defaults = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        typed = parser.parse_args(argv)
+    finally:
+        for action in parser._actions:
+            action.default = defaults[action.dest]
+    args.explicit_flags = sorted(vars(typed))
+    return args
+
+
+def restore_resumed_flags(args, recorded: dict, path) -> None:
+    """Take the run's flags from its recorded config; a flag typed again with another value is refused."""
+    differing = []
+    for key in RESUMED_FLAGS:
+        if key not in recorded or not hasattr(args, key):
+            continue
+        if key in getattr(args, "explicit_flags", ()):
+            if getattr(args, key) != recorded[key]:
+                differing.append(f"--{key.replace('_', '-')} {getattr(args, key)} (now) vs {recorded[key]} (recorded)")
+        else:
+            setattr(args, key, recorded[key])
+    if differing:
+        raise UserError(f"--resume: {path} is another run: {'; '.join(differing)}; resume with the run's own flags "
+                        "(leave them out to take them from the checkpoint) or start a new run with --overwrite")
 
 
 def make_paths_absolute(args) -> None:
@@ -89,7 +134,7 @@ def make_paths_absolute(args) -> None:
 
 def recorded_config(args) -> dict:
     """The parsed flags as plain JSON-able values, as checkpoints record them (loadable with weights_only=True)."""
-    return {key: _plain(value) for key, value in vars(args).items()}
+    return {key: _plain(value) for key, value in vars(args).items() if key != "explicit_flags"}
 
 
 def _plain(value):

@@ -49,6 +49,21 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
         raise
 
 
+def save_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
     path = Path(path)

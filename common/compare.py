@@ -20,7 +20,9 @@ from .models import model_folders, model_info
 from .plots import plot_before_after
 from .profile import count_parameters, macs
 from .scoring import evaluate_checkpoint, print_result
-from .split_data import split_data_for, split_mismatch, trained_with_message
+from .data import index_images
+from .identity import data_identity
+from .split_data import split_data_for
 
 
 def get_args_parser() -> ArgumentParser:
@@ -31,7 +33,6 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--teachers-root", default=None,
                         help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
     parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
-    parser.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     return parser
 
 
@@ -66,14 +67,11 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     if not present:
         raise UserError(f"no models found: expected model1..5.pth under {teachers_root}/<K-folder>/ and "
                         f"modeldK.pth under {output_dir}")
-    reference = load_checkpoint(present[0]["path"])["config"]
-    for entry in present[1:]:
-        config = load_checkpoint(entry["path"])["config"]
-        key = split_mismatch(config, reference)
-        if key:
-            raise UserError(trained_with_message(entry["path"], key, config.get(key), f"{present[0]['path']} with",
-                                                 reference.get(key)) + ": the comparison needs one split")
-    data = split_data_for(reference, args, parts=("test",))
+    configs = {entry["key"]: load_checkpoint(entry["path"])["config"] for entry in present}
+    reference = configs[present[0]["key"]]
+    parts = ("test", "val") if args.tencrop else ("test",)
+    data = split_data_for(reference, args, parts=parts)
+    check_same_pixels(present, configs, data, args, parts)
     results = {}
     for entry in entries:
         if not entry["path"].is_file():
@@ -88,6 +86,11 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         result.model = None  # free it before the next model is loaded
         results[entry["key"]] = result
     rows = [_row(entry, results.get(entry["key"])) for entry in entries]
+    baseline = results.get(baseline_key())
+    for row in rows:
+        result = results.get(row["model"])
+        if row["role"] == "student" and result is not None:
+            row["recipe_vs_baseline"] = recipe_differences(result, baseline)
     bootstrap = _bootstrap(entries, results, args.n_boot)
     split_text = data.split.describe()
     paths = _write(output_dir, rows, entries, results, bootstrap, split_text, data.split.labels,
@@ -95,6 +98,52 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     print((output_dir / "comparison.md").read_text())
     print("comparison written: " + ", ".join(str(p) for p in paths))
     return {"rows": rows, "bootstrap": bootstrap}
+
+
+def check_same_pixels(present: list[dict], configs: dict, data, args, parts) -> None:
+    """Every model is scored on ``data``; refuse when a model was trained on another copy of the images.
+
+    Without ``--data-dir`` each model would be scored on the folder it was trained with; one folder for all
+    keeps the bootstrap paired, so a model trained on images whose files differ (another copy, a resized set)
+    is refused with what differs instead of being scored silently on pixels it never saw.
+    """
+    if args.data_dir:
+        return  # the user chose one folder for every model; every row records it
+    names = [name for part in parts for name in data.split.parts[part].names]
+    reference = data_identity(data.data_dir, data.index, names)
+    for entry in present:
+        folder = configs[entry["key"]].get("data_dir")
+        if folder is None or Path(folder) == Path(data.data_dir):
+            continue
+        other = data_identity(Path(folder), index_images(folder), names) if Path(folder).is_dir() else None
+        if other is None or other["files_sha256"] != reference["files_sha256"]:
+            raise UserError(f"{entry['path']} was trained on the images in {folder}, {present[0]['path']} on "
+                            f"{data.data_dir}, and their test images differ (file names, sizes or times); pass "
+                            "--data-dir to score every model on one folder")
+
+
+# Recipe flags whose difference from the undistilled baseline the comparison reports for each student.
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "crop_scale", "img_size", "seed",
+               "precision")
+
+
+def recipe_differences(student, baseline) -> str:
+    """How a student's training differed from the undistilled EEEA-Net-C2's, besides the teacher (a cell)."""
+    if baseline is None:
+        return "baseline missing"
+    trained = student.report["identity"]["recipe"].get("trained") or {}
+    base = baseline.report["identity"]["recipe"].get("trained") or {}
+    if not trained or not base:
+        return "unknown (a checkpoint records no identity)"
+    ours, theirs = trained["recipe"], base["recipe"]
+    notes = [f"{key} {ours.get(key)} vs {theirs.get(key)}" for key in RECIPE_KEYS if ours.get(key) != theirs.get(key)]
+    start = ours.get("initial_weights") or {}
+    baseline_sha = baseline.report["identity"]["recipe"]["checkpoint_sha256"]
+    if start.get("sha256") == baseline_sha:
+        notes.insert(0, f"starts from {Path(baseline.checkpoint).name} (+ its {theirs.get('epochs')} epochs)")
+    elif start != (theirs.get("initial_weights") or {}):
+        notes.insert(0, f"other initial weights ({start.get('source', 'random')})")
+    return "; ".join(notes) if notes else "same recipe"
 
 
 def _row(entry: dict, result) -> dict:
@@ -160,7 +209,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
                      f"{_fmt(row['accuracy@val'])} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
               "| teacher | teacher mean AUROC | student mean AUROC | student − teacher | student − EEEA-Net-C2 "
-              f"({baseline_key()}) [95% patient bootstrap CI] |", "|---|---|---|---|---|"]
+              f"({baseline_key()}) [95% patient bootstrap CI] | student's recipe vs {baseline_key()} |",
+              "|---|---|---|---|---|---|"]
     boot = {b["student"]: b for b in bootstrap}
     baseline = by_key[baseline_key()].get("mean_auroc")
     chart_rows = []
@@ -174,7 +224,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
               else b.get("status", "missing"))
         gap = (f"{student_auroc - teacher_auroc:+.4f}" if None not in (student_auroc, teacher_auroc) else "")
         teacher_cell = "— (several teachers)" if index == "ensemble" else _fmt(teacher_auroc)
-        lines.append(f"| {label} | {teacher_cell} | {_fmt(student_auroc)} | {gap} | {ci} |")
+        recipe = by_key[student_key].get("recipe_vs_baseline", "")
+        lines.append(f"| {label} | {teacher_cell} | {_fmt(student_auroc)} | {gap} | {ci} | {recipe} |")
         chart_rows.append({"label": label, "teacher": teacher_auroc, "student": student_auroc})
     lines += ["", "## Per-class test AUROC", "",
               "| class | " + " | ".join(r["model"] for r in rows if r["status"] == "ok") + " |",
@@ -191,15 +242,20 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
     lines.append("| **mean** | " + " | ".join(_fmt(r["mean_auroc"]) for r in rows if r["status"] == "ok") + " |")
     lines += ["", "Bootstrap: patients resampled with replacement (paired: the same resamples for both models), "
               f"{bootstrap[0].get('n_boot', 0) if bootstrap else 0} resamples; the interval is the 2.5-97.5 "
-              "percentile range of the mean-AUROC difference. An interval above 0 means distillation helped.", ""]
+              "percentile range of the mean-AUROC difference. It covers test-set sampling only: each model was "
+              "trained once (one training seed), so training-to-training variation is not in it, and with several "
+              "students compared at once some interval will exclude 0 by chance (no multiplicity correction). "
+              f"A difference from {baseline_key()} is the effect of distillation only where the recipe column says "
+              "'same recipe'; otherwise it mixes distillation with the recipe differences listed.", ""]
     paths = [output_dir / n for n in ("comparison.md", "comparison.csv", "comparison-per-class.csv",
                                       "comparison-bootstrap.csv", "comparison.json", "comparison-auroc.png")]
     write_text_atomic("\n".join(lines), paths[0])
     write_text_atomic(_csv_text(rows), paths[1])
     write_text_atomic(_csv_text(per_class), paths[2])
     write_text_atomic(_csv_text(bootstrap), paths[3])
+    identities = {key: result.report["identity"] for key, result in results.items()}
     write_text_atomic(json.dumps({"split": split_text, "labels": labels, "crop": crop, "models": rows,
-                                  "bootstrap": bootstrap}, indent=2, default=str), paths[4])
+                                  "bootstrap": bootstrap, "identities": identities}, indent=2, default=str), paths[4])
     plot_before_after(chart_rows, baseline, paths[5],
                       f"Test mean AUROC before and after distillation ({split_text.split(' (')[0]}, {labels})")
     return paths

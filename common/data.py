@@ -196,6 +196,9 @@ class Split:
     name: str                   # "official", "arnoweng" or the directory of list files
     labels: str                 # human-readable label source, e.g. "Data_Entry_2017_v2020.csv (v2020)"
     parts: dict[str, SplitPart]
+    # One normalised name of where the labels came from: "v2020", "2017", "inline" (labelled lists) or the path of
+    # a Data_Entry CSV. `--label-file` left out and `--label-file v2020` give the same labels and the same name.
+    label_source: str = ""
 
     def describe(self) -> str:
         sizes = ", ".join(f"{k} {len(v):,} images / {len(set(v.patient_ids.tolist())):,} patients"
@@ -239,6 +242,8 @@ def build_split(split: str, label_file: str | None = None, val_fraction: float =
     if split == "arnoweng":
         lists = [resource_path(f"arnoweng_labels/{p}_list.txt.gz") for p in ("train", "val", "test")]
         return _labelled_lists(split, lists, label_file, "inline in the arnoweng lists (2017 labels)")
+    if split not in ("", ".") and not directory.exists() and (os.sep in split or split.startswith(".")):
+        raise UserError(f"--split {split}: no such folder (a split is official, arnoweng, or a folder of lists)")
     if split in ("", ".") or not directory.is_dir():
         raise UserError(f"unknown split {split!r}: use official, arnoweng, or a directory with train_list.txt, "
                         "val_list.txt and test_list.txt (or train_val_list.txt and test_list.txt)")
@@ -262,9 +267,13 @@ def _official_style(name, train_val_path, test_path, label_file, val_fraction, s
         "val": _part(val, entry.lookup(val, f"{Path(train_val_path).name}")),
         "test": _part(test, entry.lookup(test, f"{Path(test_path).name}")),
     }
-    result = Split(name, _label_description(entry), parts)
+    result = Split(name, _label_description(entry), parts, label_source=_label_source(entry))
     check_no_leakage(result)
     return result
+
+
+def _label_source(entry: DataEntry) -> str:
+    return entry.version if entry.version in LABEL_VERSIONS else str(Path(entry.source).resolve())
 
 
 def _labelled_lists(name, paths, label_file, inline_description) -> Split:
@@ -272,31 +281,30 @@ def _labelled_lists(name, paths, label_file, inline_description) -> Split:
     for part_name, path in zip(("train", "val", "test"), paths):
         names, labels = read_labelled_list(Path(path))
         parts[part_name] = _part(names, labels)
-    description = inline_description
+    description, source = inline_description, "inline"
     if label_file is not None:
         entry = read_data_entry(label_file)
         for part_name, path in zip(("train", "val", "test"), paths):
             parts[part_name].labels = entry.lookup(parts[part_name].names, Path(path).name)
-        description = _label_description(entry)
-    result = Split(name, description, parts)
+        description, source = _label_description(entry), _label_source(entry)
+    result = Split(name, description, parts, label_source=source)
     check_no_leakage(result)
     return result
 
 
 def check_no_leakage(split: Split) -> None:
-    """Stop with the count if any patient (or image) of the training part is also in the val or test part."""
-    train_patients = set(split.parts["train"].patient_ids.tolist())
-    train_names = set(split.parts["train"].names)
-    for evaluated in ("val", "test"):
-        part = split.parts[evaluated]
-        shared = train_patients.intersection(part.patient_ids.tolist())
+    """Stop with the count if any patient (or image) is in two parts: train and val, train and test, or val and
+    test (a validation part equal to the test part would choose the checkpoint and thresholds on the test set)."""
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        earlier, part = split.parts[first], split.parts[second]
+        shared = set(earlier.patient_ids.tolist()).intersection(part.patient_ids.tolist())
         if shared:
             images = sum(1 for p in part.patient_ids.tolist() if p in shared)
             raise UserError(f"patient leakage in split {split.name}: {len(shared)} patient(s) "
-                            f"({images} {evaluated} image(s)) are in both train and {evaluated}")
-        overlap = train_names.intersection(part.names)
+                            f"({images} {second} image(s)) are in both {first} and {second}")
+        overlap = set(earlier.names).intersection(part.names)
         if overlap:
-            raise UserError(f"split {split.name}: {len(overlap)} image(s) are in both train and {evaluated}")
+            raise UserError(f"split {split.name}: {len(overlap)} image(s) are in both {first} and {second}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ once on the deterministic eval view of every training image (``cached``).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .arguments import add_data_arguments, add_training_arguments, make_paths_absolute
-from .checkpoint import load_model_from_checkpoint, save_atomic
+from .arguments import add_data_arguments, add_training_arguments, make_paths_absolute, parse_args
+from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_atomic
 from .constants import NUM_CLASSES, STUDENT_MODEL
 from .data import eval_resize
 from .engine import progress
@@ -24,7 +25,8 @@ from .layout import folder_model_path, output_dir_for, teachers_root
 from .losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
 from .models import model_folders
 from .run_setup import TrainingRun, setup_training, training_data
-from .split_data import SplitData, eval_transform_for, split_mismatch, trained_with_message
+from .identity import check_unseen_patients, data_identity, differences, file_sha256, precision_name
+from .split_data import SplitData, eval_transform_for
 
 SAVE_EVERY_BATCHES = 50  # how often an interrupted cache build can resume from
 
@@ -55,15 +57,6 @@ def get_args_parser() -> ArgumentParser:
     group.add_argument("--student-init", default=None,
                        help="start the student from this EEEA-Net-C2 checkpoint (e.g. ../1-EEEA-Net-C2/model1.pth)")
     return parser
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Teacher:
@@ -131,12 +124,17 @@ class CachedTeachers:
         return self.logits[:, index].float()
 
 
-def cache_key(teacher: Teacher, data: SplitData) -> dict:
-    """What a cached logit file depends on; any change gives a new key and a rebuilt cache."""
+def cache_key(teacher: Teacher, data: SplitData, device, amp_dtype) -> dict:
+    """What a cached logit file depends on: the teacher's file, the images' names and pixels (file fingerprint),
+    the view, and the device and precision the logits are computed with. Any change gives a new key and a
+    rebuilt cache."""
     part = data.split.parts["train"]
     names_digest = hashlib.sha256("\n".join(part.names).encode()).hexdigest()
+    pixels = data_identity(data.data_dir, data.index, part.names)
     return {"teacher_sha256": teacher.sha256, "split": data.split.name, "labels": data.split.labels,
             "images_sha256": names_digest, "n_images": len(part), "num_classes": NUM_CLASSES,
+            "data_dir": pixels["data_dir"], "files_sha256": pixels["files_sha256"],
+            "device": torch.device(device).type, "precision": precision_name(amp_dtype),
             "view": f"resize {eval_resize(teacher.img_size)} + centre crop {teacher.img_size}",
             "mean": list(teacher.mean), "std": list(teacher.std)}
 
@@ -144,14 +142,14 @@ def cache_key(teacher: Teacher, data: SplitData) -> dict:
 def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batch_size: int, device,
                         amp_dtype) -> torch.Tensor:
     """fp16 teacher logits [N, C] for the training part, computed once, resumable, rebuilt when stale."""
-    key = cache_key(teacher, data)
+    key = cache_key(teacher, data, device, amp_dtype)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"teacher{teacher.index or ''}-{teacher.checkpoint['model_name']}-{digest}.pt"
     state = None
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
-            print(f"teacher cache {path} does not match this teacher/split/image list; rebuilding it")
+            print(f"teacher cache {path} does not match this teacher/split/image files/precision; rebuilding it")
             state = None
         elif state["filled"] == key["n_images"]:
             print(f"using teacher cache {path}")
@@ -200,17 +198,6 @@ class DistillationCriterion:
         return self.kd_loss(logits.float(), batch["target"], self.teacher_logits(batch))
 
 
-def check_same_split(teacher: Teacher, args) -> None:
-    """A teacher trained on another split may have seen the student's validation or test patients."""
-    config = teacher.checkpoint["config"]
-    key = split_mismatch(config, vars(args))
-    if key:
-        raise UserError(trained_with_message(f"teacher {teacher.path}", key, config.get(key), "the student with",
-                                             getattr(args, key))
-                        + ": distil on the teacher's split so that no validation or test patient was seen by the "
-                          "teacher")
-
-
 def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: Path) -> DistillationCriterion:
     """The distillation criterion of a student run: the KD loss and where its teacher logits come from."""
     weights = None
@@ -232,25 +219,43 @@ def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: 
 def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
            data: SplitData | None = None) -> dict:
     """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
-    teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
-    for teacher in teachers:
-        check_same_split(teacher, args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
-    extra = {"distillation": {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
-                              "temperature": args.temperature, "teacher_mode": args.teacher_mode,
-                              "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
-                              "student_init": args.student_init}}
+    args = copy.copy(args)  # a resumed student takes its own recorded flags; --teacher all runs several
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
     run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
                          data=data, resume_missing_ok=True)
     if run.finished:
         return run.finished
-    return run.fit(build_criterion(teachers, run, args, cache_dir), args, extra_metadata=extra)
+    teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
+    split = run.data.split
+    selected_or_tested = {f"{part} part of split {split.name}": split.parts[part].patient_ids
+                          for part in ("val", "test")}
+    for teacher in teachers:
+        check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested, "teacher")
+    if args.student_init:
+        check_unseen_patients(args.student_init, load_checkpoint(args.student_init), selected_or_tested,
+                              "--student-init")
+    distillation = {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
+                    "temperature": args.temperature, "teacher_mode": args.teacher_mode,
+                    "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
+                    "student_init": args.student_init}
+    run.identity["recipe"]["distillation"] = {
+        **{k: distillation[k] for k in ("alpha", "temperature", "teacher_mode", "ensemble_weights")},
+        "teachers": [{"index": t.index, "sha256": t.sha256} for t in teachers]}
+    if run.resume_state is not None:
+        recorded = (run.resume_state.get("identity") or {}).get("recipe", {}).get("distillation", {})
+        found = differences(recorded, run.identity["recipe"]["distillation"],
+                            ("teachers", "alpha", "temperature", "teacher_mode", "ensemble_weights"),
+                            describe=lambda key: "teacher files (index, sha256)" if key == "teachers" else f"--{key}")
+        if found:
+            raise UserError(f"--resume: {run.resume_state['path']} distilled another way: {'; '.join(found)}")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
+    return run.fit(build_criterion(teachers, run, args, cache_dir), args,
+                   extra_metadata={"distillation": distillation})
 
 
 def main(argv=None, *, folder: Path | None = None) -> int:
     """``python train-model.py --teacher 1..5|all|ensemble`` of folder 6 (``folder``: the script's folder)."""
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     make_paths_absolute(args)
     if args.student_init and args.pretrained:
         raise UserError("--student-init and --pretrained both set the student's start; give one of them")
@@ -258,6 +263,9 @@ def main(argv=None, *, folder: Path | None = None) -> int:
     root = teachers_root(args.teachers_root, output_dir)
     if args.teacher_checkpoint and args.teacher in ("all", "ensemble"):
         raise UserError(f"--teacher-checkpoint names one teacher file; it cannot be used with --teacher {args.teacher}")
+    if args.teacher == "all" and args.resume not in (None, "auto"):
+        raise UserError(f"--resume {args.resume}: with --teacher all each student resumes from its own "
+                        "modeldK-last.pth; pass --resume without a file")
     folders = model_folders()
     if args.teacher not in ("all", "ensemble"):
         index = int(args.teacher)

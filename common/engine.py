@@ -157,19 +157,30 @@ def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channel
     for batch in progress(loader, desc, unit="batch"):
         batch = _to_device(batch, device, channels_last)
         images = batch["image"]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if images.ndim == 5:
-                size, crops = images.shape[:2]
-                logits = model(images.flatten(0, 1)).float().view(size, crops, -1)
-                probs = torch.sigmoid(logits).mean(1)
-                logits = torch.logit(probs.double(), eps=1e-12).float()
-            else:
-                logits = model(images).float()
+        if images.ndim == 5:
+            size, crops = images.shape[:2]
+            logits = _fp32_head_logits(model, images.flatten(0, 1), device, amp_dtype).view(size, crops, -1)
+            probs = torch.sigmoid(logits.double()).mean(1)
+            logits = torch.logit(probs, eps=1e-12).float()
+        else:
+            logits = _fp32_head_logits(model, images, device, amp_dtype)
         all_logits.append(logits.cpu())
         all_targets.append(batch["target"].cpu())
     if not all_logits:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.uint8)
     return torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy().astype(np.uint8)
+
+
+def _fp32_head_logits(model, images, device, amp_dtype) -> torch.Tensor:
+    """Logits with the body under autocast and the classifier head in float32.
+
+    A bf16 head rounds every logit to 8 significant bits: 25,596 test logits collapse to a few hundred distinct
+    values per class, and the ties move a rare class's AUROC by up to 4e-4. The head is cheap in float32.
+    """
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        features = model.forward_features(images)
+    with torch.autocast(device.type, enabled=False):
+        return model.forward_head(features.float()).float()
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

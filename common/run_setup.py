@@ -11,14 +11,15 @@ from pathlib import Path
 
 import torch
 
-from .arguments import recorded_config
+from .arguments import recorded_config, restore_resumed_flags
 from .checkpoint import git_commit, load_checkpoint, seed_everything
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .data import build_transform
 from .engine import CheckpointPaths, OptimiserSettings, amp_dtype_for, fit, resolve_device
 from .errors import UserError
 from .models import ModelInfo, create_model, load_pretrained, model_info
-from .split_data import SplitData, eval_transform_for, trained_with_message
+from .identity import data_identity, differences, precision_name, run_identity, split_identity, weights_identity
+from .split_data import SplitData, eval_transform_for
 
 
 def training_data(args) -> SplitData:
@@ -48,10 +49,11 @@ def resume_state_for(args, paths: CheckpointPaths, model_name: str, missing_ok: 
     state = load_checkpoint(resume_path)
     if state.get("model_name") != model_name or "optimizer" not in state:
         raise UserError(f"--resume: {resume_path} is not a {model_name} *-last.pth training state")
-    for key in ("split", "label_file", "img_size"):
-        if state["config"].get(key) != getattr(args, key):
-            raise UserError("--resume: " + trained_with_message(resume_path, key, state["config"].get(key),
-                                                                "not", getattr(args, key)))
+    recorded_prefix = state.get("prefix", Path(resume_path).name.removesuffix("-last.pth"))
+    if recorded_prefix != paths.prefix:
+        raise UserError(f"--resume: {resume_path} is the state of {recorded_prefix}, not of {paths.prefix}; "
+                        f"each run resumes from its own {paths.prefix}-last.pth")
+    restore_resumed_flags(args, state["config"], resume_path)
     state["path"] = str(resume_path)
     return state
 
@@ -70,6 +72,7 @@ class TrainingRun:
     resume_state: dict | None
     finished: dict | None = None  # the summary, when the resumed run had already finished every epoch
     channels_last: bool = field(default=False)
+    identity: dict | None = None  # split, pixels and recipe (run_identity); distillation adds to its recipe
 
     def fit(self, criterion, args, extra_metadata: dict | None = None) -> dict:
         """Train with ``criterion`` and the schedule of ``args``; see :func:`common.engine.fit`."""
@@ -88,7 +91,8 @@ class TrainingRun:
             "model_name": self.model_name, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
             "img_size": args.img_size, "mean": list(info.mean), "std": list(info.std),
             "split": data.split.name, "split_description": data.split.describe(), "label_file": data.split.labels,
-            "git_commit": git_commit(), "config": recorded_config(args), **(extra_metadata or {}),
+            "git_commit": git_commit(), "config": recorded_config(args), "prefix": self.paths.prefix,
+            "identity": self.identity, **(extra_metadata or {}),
         }
         settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                      warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad)
@@ -117,6 +121,12 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     data = data or training_data(args)
     print(data.split.describe())
+    identity = run_identity(
+        split_identity(data.split, args.val_fraction, args.seed),
+        data_identity(data.data_dir, data.index, data.split.parts["train"].names + data.split.parts["val"].names),
+        training_recipe(args, amp_dtype, init_source if resume_state is None else None))
+    if resume_state is not None:
+        check_same_run(resume_state, identity)
 
     model = create_model(model_name, num_classes=NUM_CLASSES, img_size=args.img_size)
     if init_source and resume_state is None:
@@ -126,4 +136,27 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return TrainingRun(model_name, info, paths, device, amp_dtype, data, model, resume_state,
-                       channels_last=channels_last)
+                       channels_last=channels_last, identity=identity)
+
+
+def training_recipe(args, amp_dtype, init_source) -> dict:
+    """Every flag that shapes the weights, the precision, and the hash of the initial weights."""
+    recipe = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                                                  "clip_grad", "crop_scale", "img_size", "pos_weight", "seed")}
+    recipe.update({"precision": precision_name(amp_dtype), "initial_weights": weights_identity(init_source)})
+    return recipe
+
+
+def check_same_run(resume_state: dict, identity: dict) -> None:
+    """A resumed run must read the same patients and pixels as the run it continues (its flags are restored
+    already, see :func:`common.arguments.restore_resumed_flags`)."""
+    recorded = resume_state.get("identity")
+    if recorded is None:
+        raise UserError(f"--resume: {resume_state['path']} records no run identity (made by an older version); "
+                        "start again with --overwrite")
+    found = (differences(recorded["split"], identity["split"], ("split", "label_source", "val_fraction", "seed"))
+             + differences(recorded["data"], identity["data"], ("data_dir", "images", "files_sha256"),
+                           describe=lambda key: {"files_sha256": "image files (name, size, time)"}.get(key, key))
+             + differences(recorded["recipe"], identity["recipe"], ("precision",)))
+    if found:
+        raise UserError(f"--resume: {resume_state['path']} was made from other data: {'; '.join(found)}")

@@ -52,11 +52,12 @@ class SplitData:
     def __init__(self, data_dir, split: str, label_file, val_fraction: float, seed: int, parts, workers: int,
                  source_factory=PngImageSource):
         self.data_dir = resolve_data_dir(data_dir)
-        index = index_images(self.data_dir)
+        self.index = index_images(self.data_dir)
         self.split = build_split(split, label_file, val_fraction, seed)
+        self.val_fraction, self.seed = val_fraction, seed
         names = [name for part in parts for name in self.split.parts[part].names]
-        require_images(index, names, self.data_dir, workers=max(2 * workers, 4))
-        self.source = source_factory(index)
+        require_images(self.index, names, self.data_dir, workers=max(2 * workers, 4))
+        self.source = source_factory(self.index)
         self.workers = workers
 
     def dataset(self, part: str, transform) -> CXR8Dataset:

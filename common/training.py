@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .arguments import add_data_arguments, add_training_arguments, make_paths_absolute
+from .arguments import add_data_arguments, add_training_arguments, make_paths_absolute, parse_args
 from .engine import SupervisedCriterion
 from .errors import ArgumentParser
 from .layout import output_dir_for
@@ -25,7 +25,7 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     The output goes to ``--output-dir`` or else to ``folder`` (the script's own folder).
     """
     prefix = f"model{index}"
-    args = get_args_parser(description=f"Train {model} on ChestX-ray14; writes {prefix}.pth").parse_args(argv)
+    args = parse_args(get_args_parser(description=f"Train {model} on ChestX-ray14; writes {prefix}.pth"), argv)
     make_paths_absolute(args)
     run = setup_training(args, model, prefix, output_dir_for(args.output_dir, folder), init_source=args.pretrained)
     if run.finished:

@@ -1,0 +1,134 @@
+"""The run identity: which patients, pixels and recipe made a result, and the checks every reuse of it makes.
+
+Every checkpoint, teacher cache, test result and comparison row records an identity (:func:`run_identity`):
+
+- the split: its name, the normalised label source (``v2020``, ``2017``, ``inline`` or a CSV path), the validation
+  fraction and seed that carved validation;
+- the pixels: the data folder, the image count and a fingerprint of every used file (name, size, modification
+  time), so that another copy of the images (a resized one, a re-download) is told apart;
+- the recipe: every flag that shapes the weights, with the hashes of initial weights and teachers;
+- the package version and git commit.
+
+A reuse (resume, test, teacher, student start, comparison) compares what it needs and refuses a mismatch with the
+differences named, and checks by patients, never by split names, that no evaluated or selected-on patient was seen
+in training (:func:`check_unseen_patients`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import common
+
+from .checkpoint import git_commit
+from .data import Split, build_split
+from .errors import UserError
+
+# Flags whose change makes a resumed run another run than the one it continues.
+SCHEDULE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip_grad", "crop_scale",
+                  "img_size", "pos_weight", "pretrained", "no_amp")
+SPLIT_FLAGS = ("split", "label_file", "val_fraction", "seed")
+DISTILLATION_FLAGS = ("alpha", "temperature", "teacher_mode", "ensemble_weights", "student_init")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_fingerprint(paths) -> str:
+    """SHA-256 over each file's name, size and modification time (ns), in the given order.
+
+    Cheap (one ``stat`` per file, about a second for 112,120 files) and it changes when any file is replaced,
+    resized or re-downloaded. It does not read the pixels.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{Path(path).name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def data_identity(data_dir: Path, index: dict, names) -> dict:
+    """The pixels a run read: folder, image count and :func:`files_fingerprint` of the ``names`` it used."""
+    names = sorted(set(names))
+    return {"data_dir": str(data_dir), "images": len(names),
+            "files_sha256": files_fingerprint(index[name] for name in names)}
+
+
+def split_identity(split: Split, val_fraction: float, seed: int) -> dict:
+    """The patients a run used: split name, normalised label source, validation fraction and seed."""
+    return {"split": split.name, "label_source": split.label_source, "val_fraction": val_fraction, "seed": seed}
+
+
+def weights_identity(source) -> dict | None:
+    """Initial weights: None, ``imagenet`` (the published file) or a local file with its hash."""
+    if source is None:
+        return None
+    if str(source) == "imagenet":
+        return {"source": "imagenet"}
+    return {"source": str(Path(source).resolve()), "sha256": file_sha256(source)}
+
+
+def precision_name(amp_dtype) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: the precision the forward passes ran in."""
+    return {None: "fp32"}.get(amp_dtype) or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(amp_dtype)]
+
+
+def run_identity(split: dict, data: dict, recipe: dict) -> dict:
+    """The whole identity of a result: split, pixels, recipe, package version and git commit."""
+    return {"split": split, "data": data, "recipe": recipe, "package_version": common.__version__,
+            "git_commit": git_commit()}
+
+
+def differences(recorded: dict, current: dict, keys, describe=lambda key: f"--{key.replace('_', '-')}") -> list[str]:
+    """``["--epochs 10 (recorded) vs 20 (now)", ...]`` for the ``keys`` on which two dicts differ."""
+    return [f"{describe(key)} {recorded.get(key)} (recorded) vs {current.get(key)} (now)"
+            for key in keys if recorded.get(key) != current.get(key)]
+
+
+@lru_cache(maxsize=8)
+def _split_patients(split: str, label_file, val_fraction: float, seed: int) -> dict[str, frozenset]:
+    # One rebuild per distinct recorded split and process: a comparison checks eleven checkpoints of one split.
+    built = build_split(split, label_file, val_fraction, seed)
+    return {part: frozenset(values.patient_ids.tolist()) for part, values in built.parts.items()}
+
+
+def seen_patients(checkpoint: dict, path) -> dict[str, frozenset]:
+    """The patients a checkpoint was trained on (``train``) and chosen on (``val``), rebuilt from its split."""
+    config = checkpoint.get("config", {})
+    if "split" not in config:
+        raise UserError(f"{path} records no split, so the patients it was trained on are unknown; "
+                        "it cannot be checked for leakage")
+    try:
+        parts = _split_patients(config["split"], config.get("label_file"), config.get("val_fraction", 0.1),
+                                config.get("seed", 0))
+    except UserError as err:
+        raise UserError(f"cannot rebuild the split {path} was trained on: {err}") from None
+    return {"train": parts["train"], "val": parts["val"]}
+
+
+def check_unseen_patients(path, checkpoint: dict, evaluated: dict[str, object], role: str) -> dict:
+    """Refuse when a patient the checkpoint was trained or selected on is in a part being evaluated or selected on.
+
+    ``evaluated`` maps a description (``"test part of split official"``) to that part's patient ids. Returns what
+    was checked, for the record: the checkpoint's split and the number of patients compared.
+    """
+    seen = seen_patients(checkpoint, path)
+    for description, patient_ids in evaluated.items():
+        patients = set(int(p) for p in patient_ids)
+        for seen_part, seen_ids in seen.items():
+            shared = patients & seen_ids
+            if shared:
+                raise UserError(f"{role} {path} was {'trained' if seen_part == 'train' else 'selected'} on "
+                                f"{len(shared):,} of the {len(patients):,} patients of the {description} "
+                                f"(its split: {checkpoint['config']['split']}); use the split it was trained on")
+    config = checkpoint["config"]
+    return {"checkpoint_split": config["split"], "checkpoint_label_file": config.get("label_file"),
+            "patients_checked": {k: len(set(map(int, v))) for k, v in evaluated.items()}, "shared": 0}
