@@ -365,13 +365,19 @@ def require_images(index: dict[str, Path], names: list[str], data_dir, workers: 
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
-    """Convert any NIH PNG (8-bit L, 16-bit I;16/I, RGB, RGBA, LA, P) to 8-bit grayscale ``L``."""
+    """Convert any NIH PNG (8-bit L, 16-bit I;16/I, RGB, RGBA, LA, P) to 8-bit grayscale ``L``.
+
+    16-bit images are stretched from their own [min, max] range to 0..255 (a 12-bit image stays visible).
+    """
     if image.mode == "L":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit data: scale the full 16-bit range to 8 bits (65535 / 257 = 255).
-        array = np.asarray(image, dtype=np.int64)
-        return Image.fromarray(np.clip(array // 257, 0, 255).astype(np.uint8), mode="L")
+        # 16-bit containers often hold 10-, 12- or 14-bit data: dividing by 65535 would leave a 12-bit X-ray
+        # nearly black. Stretch the values the image really uses, [min, max], to 0..255.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA"):
         # The few RGBA NIH files are opaque grey images; drop alpha before taking the luminance.
         image = image.convert("RGB")

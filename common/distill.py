@@ -227,8 +227,8 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
         return run.finished
     teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
     split = run.data.split
-    selected_or_tested = {f"{part} part of split {split.name}": split.parts[part].patient_ids
-                          for part in ("val", "test")}
+    selected_or_tested = {f"val part of split {split.name}": (split.parts["val"].patient_ids, ("train",)),
+                          f"test part of split {split.name}": (split.parts["test"].patient_ids, ("train", "val"))}
     for teacher in teachers:
         check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested, "teacher")
     if args.student_init:

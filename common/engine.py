@@ -110,7 +110,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
     """One pass over ``loader``; returns the sample-weighted mean loss, images per second and seconds."""
     model.train()
     total_loss = torch.zeros((), device=device)  # summed on the device; read only when logging
-    seen = 0
+    seen = skipped = step = 0
     start = time.perf_counter()
     bar = progress(loader, f"epoch {epoch}/{epochs} train", unit="batch")
     for step, batch in enumerate(bar, start=1):
@@ -123,14 +123,20 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
         if clip_grad:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         count = batch["target"].shape[0]
-        total_loss += loss.detach().float() * count
-        seen += count
+        if scale_before is not None and scaler.get_scale() < scale_before:
+            # fp16: the scaler found inf/NaN gradients and skipped this step (it lowers its scale and goes on).
+            # The step did not happen, so the schedule does not advance and its overflowed loss is not averaged.
+            skipped += 1
+        else:
+            scheduler.step()
+            total_loss += loss.detach().float() * count
+            seen += count
         if step % LOG_EVERY == 0 or step == len(loader):
-            mean_loss = total_loss.item() / seen
+            mean_loss = total_loss.item() / max(seen, 1)
             if not math.isfinite(mean_loss):
                 # Nothing of this epoch is saved: the last checkpoint stays the last good state.
                 raise UserError(f"the training loss became {mean_loss} at epoch {epoch}, step {step}; "
@@ -141,8 +147,10 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
             postfix.update({k: f"{v:.4f}" for k, v in getattr(criterion, "last_terms", {}).items()})
             bar.set_postfix(postfix, refresh=False)
     seconds = time.perf_counter() - start
+    if skipped == step:
+        raise UserError(f"every step of epoch {epoch} overflowed in fp16 and was skipped; lower --lr or pass --no-amp")
     return {"loss": total_loss.item() / max(seen, 1), "img_per_s": seen / max(seconds, 1e-9), "seconds": seconds,
-            "images": seen}
+            "images": seen, "skipped_steps": skipped}
 
 
 @torch.no_grad()
@@ -292,6 +300,9 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
                                 channels_last=channels_last)
         logits, targets = predict_logits(model, val_loader, device, amp_dtype, desc=f"epoch {epoch} val",
                                          channels_last=channels_last)
+        if not np.isfinite(logits).all():
+            raise UserError(f"the validation scores became non-finite at epoch {epoch} (the weights diverged); "
+                            f"lower --lr (now {settings.lr:g}); {paths.last.name} and the log keep the last good epoch")
         probs = sigmoid(logits)
         aurocs = per_class_auroc(targets, probs, CLASS_NAMES)
         val_auroc = mean_auroc(aurocs)

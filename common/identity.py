@@ -114,21 +114,24 @@ def seen_patients(checkpoint: dict, path) -> dict[str, frozenset]:
     return {"train": parts["train"], "val": parts["val"]}
 
 
-def check_unseen_patients(path, checkpoint: dict, evaluated: dict[str, object], role: str) -> dict:
+def check_unseen_patients(path, checkpoint: dict, evaluated: dict[str, tuple], role: str) -> dict:
     """Refuse when a patient the checkpoint was trained or selected on is in a part being evaluated or selected on.
 
-    ``evaluated`` maps a description (``"test part of split official"``) to that part's patient ids. Returns what
-    was checked, for the record: the checkpoint's split and the number of patients compared.
+    ``evaluated`` maps a description (``"test part of split official"``) to ``(patient_ids, seen_parts)``:
+    which of the checkpoint's parts must not share patients with it. A test part must share none with the
+    checkpoint's training or validation part (``("train", "val")``); a part the student selects on (its validation
+    part) must share none with the teacher's training part (``("train",)``), while sharing the validation part of
+    one split is how teacher and student are meant to be chosen. Returns what was checked, for the record.
     """
     seen = seen_patients(checkpoint, path)
-    for description, patient_ids in evaluated.items():
+    for description, (patient_ids, seen_parts) in evaluated.items():
         patients = set(int(p) for p in patient_ids)
-        for seen_part, seen_ids in seen.items():
-            shared = patients & seen_ids
+        for seen_part in seen_parts:
+            shared = patients & seen[seen_part]
             if shared:
                 raise UserError(f"{role} {path} was {'trained' if seen_part == 'train' else 'selected'} on "
                                 f"{len(shared):,} of the {len(patients):,} patients of the {description} "
                                 f"(its split: {checkpoint['config']['split']}); use the split it was trained on")
     config = checkpoint["config"]
     return {"checkpoint_split": config["split"], "checkpoint_label_file": config.get("label_file"),
-            "patients_checked": {k: len(set(map(int, v))) for k, v in evaluated.items()}, "shared": 0}
+            "patients_checked": {k: len(set(map(int, v[0]))) for k, v in evaluated.items()}, "shared": 0}

@@ -59,7 +59,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     parts = (part, "val") if args.tencrop else (part,)
     if data is None:
         data = split_data_for(config, args, parts=parts)
-    leakage = patient_check(checkpoint_path, checkpoint, data, part)
+    leakage = patient_check(checkpoint_path, checkpoint, data, parts)
     device = resolve_device(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     model.to(device)
@@ -104,17 +104,19 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
                       part_data.patient_ids, model)
 
 
-def patient_check(checkpoint_path: Path, checkpoint: dict, data: SplitData, part: str) -> dict:
-    """Record that the evaluated part is the checkpoint's own test part, or check by patients that a part of
-    another split holds no patient the checkpoint was trained or selected on."""
+def patient_check(checkpoint_path: Path, checkpoint: dict, data: SplitData, parts) -> dict:
+    """Record that the evaluated part is the checkpoint's own test part, or check by patients that the parts of
+    another split (the test part, and the validation part ten-crop thresholds are chosen on) hold no patient the
+    checkpoint was trained or selected on."""
     config = checkpoint.get("config", {})
     own = (config.get("split") == data.split.name and config.get("val_fraction", 0.1) == data.val_fraction
            and config.get("seed", 0) == data.seed)
-    if own and part == "test":
+    if own and set(parts) <= {"test", "val"}:
         return {"same_split": True, "checked_by": "the split's own leakage check (train, val, test disjoint)"}
-    checked = check_unseen_patients(checkpoint_path, checkpoint,
-                                    {f"{part} part of split {data.split.name}": data.split.parts[part].patient_ids},
-                                    "checkpoint")
+    checked = check_unseen_patients(
+        checkpoint_path, checkpoint,
+        {f"{part} part of split {data.split.name}": (data.split.parts[part].patient_ids, ("train", "val"))
+         for part in parts}, "checkpoint")
     return {"same_split": False, "cross_split": True, **checked}
 
 

@@ -134,7 +134,12 @@ def test_16bit_and_rgb_pngs_are_converted(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "00000005_000.png")
     Image.new("RGB", (32, 32), (200, 100, 50)).save(tmp_path / "00000006_000.png")
     sixteen = load_png(tmp_path / "00000005_000.png")
-    assert sixteen.mode == "L" and np.asarray(sixteen).max() == ramp.max() // 257
+    # Scaled by the range the image really uses (here 0..65520), not by 65535.
+    assert sixteen.mode == "L" and np.asarray(sixteen).min() == 0 and np.asarray(sixteen).max() == 255
+    twelve_bit = np.linspace(100, 4095, 64 * 64).astype(np.uint16).reshape(64, 64)
+    Image.fromarray(twelve_bit).save(tmp_path / "00000007_000.png")
+    loaded = np.asarray(load_png(tmp_path / "00000007_000.png"))
+    assert loaded.min() == 0 and loaded.max() == 255 and abs(loaded.mean() - 127.5) < 1
     assert load_png(tmp_path / "00000006_000.png").mode == "L"
 
 

@@ -1,0 +1,217 @@
+"""Every reuse of a result checks the patients, pixels and recipe it was made with (in-process, tiny runs)."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import compare, distill, evaluation, training
+from common.data import build_split
+from common.distill import Teacher, cache_key
+from common.engine import predict_logits
+from common.errors import UserError, run_main
+from common.metrics import per_class_auroc
+from common.split_data import SplitData
+
+TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
+        "--lr", "1e-3", "--warmup-epochs", "0"]
+
+
+def data_flags(synthetic, split=None):
+    return ["--data-dir", str(synthetic / "images"), "--split", str(split or synthetic / "labels")]
+
+
+def hashes(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(capsys, *fragments) -> str:
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: "), error
+    for fragment in fragments:
+        assert fragment in error, error
+    return error
+
+
+def write_split(folder: Path, train, val, test, source: Path):
+    """A labelled split directory whose parts are taken from the list files in ``source`` (lists of file names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = {}
+    for part in ("train", "val", "test"):
+        for line in (source / f"{part}_list.txt").read_text().splitlines():
+            lines[line.split()[0]] = line
+    for part, names in (("train", train), ("val", val), ("test", test)):
+        (folder / f"{part}_list.txt").write_text("\n".join(lines[n] for n in names) + "\n")
+    return folder
+
+
+def part_names(split_dir: Path, part: str) -> list[str]:
+    return [line.split()[0] for line in (split_dir / f"{part}_list.txt").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    """model1 (EEEA-Net-C2) trained 2 epochs on the labelled synthetic split."""
+    root = tmp_path_factory.mktemp("trust")
+    out = root / "1-EEEA-Net-C2"
+    assert run_main(training.main, data_flags(synthetic) + TINY + ["--output-dir", str(out)],
+                    model="eeea_c2", index=1) == 0
+    return root
+
+
+def test_checkpoint_records_the_run_identity(trained, synthetic):
+    state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
+    identity = state["identity"]
+    assert identity["split"] == {"split": str(synthetic / "labels"), "label_source": "inline",
+                                 "val_fraction": 0.1, "seed": 0}
+    assert identity["data"]["data_dir"] == str(synthetic / "images") and len(identity["data"]["files_sha256"]) == 64
+    assert identity["recipe"]["epochs"] == 2 and identity["recipe"]["precision"] == "fp32"
+    assert identity["package_version"] and identity["git_commit"]
+
+
+def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    leaky = write_split(tmp_path / "leaky", test, val, train[: len(train) // 2], labels)
+    before = hashes(trained / "1-EEEA-Net-C2")
+    checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
+    argv = ["--checkpoint", str(checkpoint), "--split", str(leaky), "--workers", "0", "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, "was trained on", "patients of the test part", str(leaky))
+    assert hashes(trained / "1-EEEA-Net-C2") == before
+
+    # Same test patients, other train/val lists: disjoint from what the checkpoint saw, so it is allowed.
+    disjoint = write_split(tmp_path / "disjoint", val, train, test, labels)
+    argv = ["--checkpoint", str(checkpoint), "--split", str(disjoint), "--workers", "0", "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
+    report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())
+    assert report["leakage_check"]["cross_split"] is True and report["leakage_check"]["shared"] == 0
+    assert report["identity"]["split"]["split"] == str(disjoint)
+    assert report["mean_auroc_ci95"]["low"] <= report["mean_auroc"] <= report["mean_auroc_ci95"]["high"]
+
+
+def test_validation_equal_to_test_is_refused(synthetic, tmp_path):
+    labels = synthetic / "labels"
+    train, test = part_names(labels, "train"), part_names(labels, "test")
+    same = write_split(tmp_path / "same", train, test, test, labels)
+    with pytest.raises(UserError, match="are in both val and test"):
+        build_split(str(same))
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "1"), ("--val-fraction", "0.2"), ("--epochs", "20"),
+                                         ("--batch-size", "8"), ("--warmup-epochs", "1")])
+def test_resume_with_another_recipe_is_refused(trained, synthetic, flag, value, capsys):
+    out = trained / "1-EEEA-Net-C2"
+    before = hashes(out)
+    argv = data_flags(synthetic) + TINY + ["--output-dir", str(out), "--resume", flag, value]
+    argv = [a for i, a in enumerate(argv) if not (argv[i - 1:i] == [flag] or a == flag)] + [flag, value] \
+        if flag in TINY else argv
+    assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, "--resume", f"{flag} {value}", "(recorded)")
+    assert hashes(out) == before
+
+
+def test_resume_takes_the_flags_from_the_checkpoint(trained, synthetic, capsys):
+    out = trained / "1-EEEA-Net-C2"
+    # Nothing typed but the folder: the run's own flags come from model1-last.pth, and it had finished.
+    assert run_main(training.main, ["--output-dir", str(out), "--resume", "--workers", "0", "--device", "cpu"],
+                    model="eeea_c2", index=1) == 0
+    assert "already finished 2 of 2 epochs" in capsys.readouterr().out
+
+
+def test_resume_on_other_pixels_is_refused(trained, synthetic, tmp_path, capsys):
+    copy = tmp_path / "images"
+    shutil.copytree(synthetic / "images", copy)
+    victim = sorted(copy.glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")  # one file changed: another copy of the data
+    out = trained / "1-EEEA-Net-C2"
+    state = torch.load(out / "model1-last.pth", map_location="cpu", weights_only=True)
+    state["epoch"] = 1  # pretend it was interrupted so that resuming does real work
+    torch.save(state, tmp_path / "model1-last.pth")
+    argv = ["--data-dir", str(copy), "--output-dir", str(tmp_path), "--resume", "--workers", "0", "--device", "cpu"]
+    assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, "--data-dir")
+
+
+def test_distillation_resume_from_another_run_is_refused(trained, synthetic, capsys):
+    folder6 = trained / "6-Distilling-to-EEEA-Net-C2"
+    base = data_flags(synthetic) + TINY + ["--output-dir", str(folder6), "--teacher-mode", "online"]
+    assert run_main(distill.main, base + ["--teacher", "1"]) == 0
+    capsys.readouterr()
+    before = hashes(folder6)
+    other_file = folder6 / "modeld1-last.pth"
+    argv = base + ["--teacher", "1", "--resume", str(other_file), "--temperature", "4"]
+    assert run_main(distill.main, argv) == 2
+    one_line_error(capsys, "--temperature 4.0 (now) vs 2.0 (recorded)")
+    shutil.copy(other_file, folder6 / "stolen-last.pth")
+    assert run_main(distill.main, base + ["--teacher", "1", "--resume", str(folder6 / "stolen-last.pth"),
+                                          "--teacher-checkpoint", str(trained / "1-EEEA-Net-C2" / "model1.pth")]) == 0
+    (folder6 / "stolen-last.pth").unlink()
+    capsys.readouterr()
+    assert run_main(distill.main, base + ["--teacher", "all", "--resume", str(other_file)]) == 2
+    one_line_error(capsys, "each student resumes from its own")
+    assert hashes(folder6) == before
+
+
+def test_teacher_cache_key_holds_pixels_and_precision(trained, synthetic, tmp_path):
+    teacher = Teacher(trained / "1-EEEA-Net-C2" / "model1.pth", 1)
+    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    copy = tmp_path / "images"
+    shutil.copytree(synthetic / "images", copy)
+    resized = sorted(copy.glob("*.png"))[0]
+    resized.write_bytes(resized.read_bytes() + b"\0")
+    other = SplitData(copy, str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    cpu = torch.device("cpu")
+    assert cache_key(teacher, data, cpu, None)["files_sha256"] != cache_key(teacher, other, cpu, None)["files_sha256"]
+    assert cache_key(teacher, data, cpu, None) != cache_key(teacher, data, cpu, torch.bfloat16)
+
+
+def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    swapped = write_split(tmp_path / "swapped", test, val, train, labels)  # test = model1's training patients
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
+            str(tmp_path / "6"), "--teacher", "1", "--teachers-root", str(trained)]
+    assert run_main(distill.main, argv) == 2
+    one_line_error(capsys, "teacher", "was trained on", "patients of the test part")
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
+            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(tmp_path / "none.pth")]
+    assert run_main(distill.main, argv) == 2
+    capsys.readouterr()
+
+
+def test_tencrop_thresholds_come_from_tencrop_validation(trained, synthetic, capsys):
+    checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
+    argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--tencrop", "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
+    assert "transfer imperfectly" in capsys.readouterr().out
+    report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())
+    used = [report["threshold_val_max_f1"]["thresholds"][c] for c in report["classes"]]
+    # The same thresholds, chosen here by hand on ten-crop probabilities of the validation part.
+    teacher = Teacher(checkpoint, 1)
+    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("val",), workers=0)
+    from common.data import build_transform
+    from common.engine import sigmoid
+    from common.metrics import choose_thresholds
+    view = build_transform(32, teacher.mean, teacher.std, train=False, tencrop=True)
+    logits, targets = predict_logits(teacher.model, data.loader("val", view, 3, shuffle=False), torch.device("cpu"),
+                                     None)
+    assert report["threshold_view"].startswith("ten-crop")
+    assert used == pytest.approx(choose_thresholds(targets, sigmoid(logits)).tolist(), abs=1e-12)
+
+
+def test_bf16_evaluation_keeps_float32_logits():
+    torch.manual_seed(0)
+    from common.models import create_model
+    model = create_model("eeea_c2", img_size=64).eval()
+    images, targets = torch.randn(256, 3, 64, 64), (torch.rand(256, 14) < 0.3).float()
+    loader = [{"image": images[i:i + 64], "target": targets[i:i + 64]} for i in range(0, 256, 64)]
+    bf16, _ = predict_logits(model, loader, torch.device("cpu"), torch.bfloat16)
+    assert bf16.dtype == np.float32
+    # The head runs in float32: every logit stays distinct, where logits rounded to bf16 would collapse into ties.
+    rounded = torch.from_numpy(bf16).bfloat16().float().numpy()
+    for column in range(14):
+        assert len(np.unique(bf16[:, column])) == 256 > len(np.unique(rounded[:, column]))
