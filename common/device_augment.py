@@ -161,7 +161,7 @@ class DeviceAugment:
                           spatial_scale=1.0, sampling_ratio=self.sampling_ratio, aligned=True)
         flips = flips.to(device, non_blocking=True).view(batch, 1, 1, 1)
         crops = torch.where(flips, crops.flip(-1), crops)
-        return self._normalise(crops)
+        return self.to_model_input(crops)
 
     def eval_view(self, images: torch.Tensor) -> torch.Tensor:
         """Resize to ``eval_resize(img_size)`` (shorter side; skipped when already that size), centre crop."""
@@ -174,9 +174,13 @@ class DeviceAugment:
             images = TF.resize(images.float(), [target], antialias=True)
             height, width = images.shape[2], images.shape[3]
         top, left = center_crop_offsets(height, width, self.img_size)
-        return self._normalise(images[:, :, top:top + self.img_size, left:left + self.img_size].float())
+        return self.to_model_input(images[:, :, top:top + self.img_size, left:left + self.img_size])
 
-    def _normalise(self, grey: torch.Tensor) -> torch.Tensor:
+    def to_model_input(self, grey: torch.Tensor) -> torch.Tensor:
+        """Grey batch (uint8 or float in 0..255, ``[B, H, W]`` or ``[B, 1, H, W]``) -> normalised float32
+        ``[B, 3, H, W]``, what GrayToTensor + Normalize give per image. Also the last step for batches that were
+        already cropped on the CPU (``common.image_cache.crop_transform``)."""
+        grey = _as_batch(grey).float()
         multiplier = self._multiplier.to(grey.device, non_blocking=True)
         offset = self._offset.to(grey.device, non_blocking=True)
         return (grey * multiplier + offset).contiguous()

@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from . import __version__
 from .checkpoint import write_text_atomic
-from .data import build_split, index_images, load_png
+from .data import build_split, eval_resize, index_images, load_png
 from .engine import progress
 from .errors import ArgumentParser, UserError, positive_int, run_main
 
@@ -463,15 +464,32 @@ class CachedImageSource:
         return Image.fromarray(np.array(self.cache.array[self.cache.index_of(name)]), mode="L")
 
 
+def crop_transform(img_size: int, train: bool, crop_scale=(0.08, 1.0)):
+    """The geometric part of :func:`common.data.build_transform` (PIL in, PIL out, same random draws): train
+    RandomResizedCrop + horizontal flip, eval Resize(eval_resize) + CenterCrop. With it :class:`CachedBatchDataset`
+    delivers uint8 crops ``[B, img_size, img_size]``, 12 times fewer bytes than float 3-channel batches; the training
+    process finishes them with :meth:`common.device_augment.DeviceAugment.to_model_input`."""
+    if train:
+        return transforms.Compose([transforms.RandomResizedCrop(img_size, scale=crop_scale),
+                                   transforms.RandomHorizontalFlip()])
+    return transforms.Compose([transforms.Resize(eval_resize(img_size)), transforms.CenterCrop(img_size)])
+
+
 class CachedBatchDataset(torch.utils.data.Dataset):
     """Images of ``names`` from a cache with their ``labels`` ([N, 14]), read a whole batch at a time.
 
     ``dataset[list_of_positions]`` (what :func:`cached_loader`'s workers call, once per batch) reads the batch with one
-    sorted fancy index of the memory map and returns ``{"image", "target", "index"}``: ``image`` uint8 ``[B, S, S]``
-    in the requested order (augment it on the device with :class:`common.device_augment.DeviceAugment`), or, when
-    ``transform`` is given, the per-image PIL transform of each image stacked (the PNG path's transforms, on the
-    CPU); ``target`` float32 ``[B, 14]``; ``index`` int64 ``[B]``, the positions in ``names``.
-    ``dataset[int]`` returns one sample the same way (``image`` ``[S, S]``).
+    sorted fancy index of the memory map and returns ``{"image", "target", "index"}``; ``target`` float32
+    ``[B, 14]``; ``index`` int64 ``[B]``, the positions in ``names``; ``image``, in the requested order:
+
+    - without ``transform``: uint8 ``[B, S, S]``, to augment on the device with
+      :class:`common.device_augment.DeviceAugment`;
+    - with a ``transform`` that returns PIL images (:func:`crop_transform`): the per-image CPU crops as uint8
+      ``[B, H, W]``, to finish with ``DeviceAugment.to_model_input`` on the device;
+    - with a ``transform`` that returns tensors (:func:`common.data.build_transform`): those stacked, exactly the PNG
+      path's batches.
+
+    ``dataset[int]`` returns one sample the same way (``image`` without the batch dimension).
     """
 
     def __init__(self, cache: ImageCache, names, labels, transform=None):
@@ -504,7 +522,11 @@ class CachedBatchDataset(torch.utils.data.Dataset):
         if self.transform is None:
             image = torch.from_numpy(images)
         else:
-            image = torch.stack([self.transform(Image.fromarray(array, mode="L")) for array in images])
+            outputs = [self.transform(Image.fromarray(array, mode="L")) for array in images]
+            if isinstance(outputs[0], Image.Image):
+                image = torch.from_numpy(np.stack([np.asarray(output, dtype=np.uint8) for output in outputs]))
+            else:
+                image = torch.stack(outputs)
         return {"image": image, "target": self.targets[positions], "index": positions}
 
 

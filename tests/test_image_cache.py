@@ -18,7 +18,7 @@ from common.data import build_transform, load_png
 from common.device_augment import DeviceAugment
 from common.errors import UserError, run_main
 from common.image_cache import (CachedBatchDataset, CachedImageSource, build_image_cache, cached_loader,
-                                fingerprint_files, open_image_cache)
+                                crop_transform, fingerprint_files, open_image_cache)
 from common.threads import choose_threads_and_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,6 +304,24 @@ def test_cpu_augmentation_variant_matches_png_path_transforms(images, cache):
     train = CachedBatchDataset(cache, names, np.zeros((len(names), 14)),
                                transform=build_transform(224, MEAN, STD, train=True))
     assert train[[0, 1]]["image"].shape == (2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cpu_crops_finished_on_the_device_equal_the_png_path_transforms(images, cache, train):
+    """crop_transform in the workers + DeviceAugment.to_model_input = build_transform, draw for draw."""
+    _, names = images
+    augment = DeviceAugment(224, MEAN, STD, train=train)
+    crops = CachedBatchDataset(cache, names, np.zeros((len(names), 14)), transform=crop_transform(224, train))
+    full = CachedBatchDataset(cache, names, np.zeros((len(names), 14)),
+                              transform=build_transform(224, MEAN, STD, train=train))
+    positions = list(range(len(names)))
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        uint8_batch = crops[positions]["image"]
+        torch.manual_seed(3)
+        expected = full[positions]["image"]
+    assert uint8_batch.dtype == torch.uint8 and uint8_batch.shape == (len(names), 224, 224)
+    torch.testing.assert_close(augment.to_model_input(uint8_batch), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
