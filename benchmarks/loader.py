@@ -4,7 +4,8 @@
 
 Without ``--data-dir`` the real NIH PNGs of tests/data/images are repeated (as symbolic links with distinct names)
 to ``--images`` files. For 1, 2 and all cores (the process and its loader workers pinned to that many cores with
-``sched_setaffinity``; one loader worker per core) it measures images per second of:
+``sched_setaffinity``; one loader worker per core; the training process's torch threads from
+``choose_threads_and_workers``) it measures images per second of:
 
 - the PNG loader: ``CXR8Dataset`` + ``PngImageSource`` + the training transforms (decode, RandomResizedCrop, flip,
   tensor, normalise), a plain DataLoader, as training uses today;
@@ -37,6 +38,7 @@ from common.constants import NUM_CLASSES
 from common.data import CXR8Dataset, PngImageSource, SplitPart, build_transform, eval_resize, index_images
 from common.device_augment import DeviceAugment
 from common.engine import resolve_device
+from common.threads import choose_threads_and_workers
 from common.errors import ArgumentParser, UserError, positive_int, run_main
 from common.image_cache import CachedBatchDataset, build_image_cache, cached_loader, crop_transform
 
@@ -147,7 +149,9 @@ def main(argv=None) -> None:
         results = {}
         for cores in core_counts():
             os.sched_setaffinity(0, allowed[:cores])  # inherited by the loader and pool processes started below
-            torch.set_num_threads(cores)
+            # The training process's threads by the project's rule (the loaders below use one worker per core).
+            threads, _ = choose_threads_and_workers(cores=cores, kind="read", announce=False)
+            torch.set_num_threads(threads)
             results[cores] = measure(cores, args, data_dir, index, part, labels, train_transform, augment, device,
                                      Path(workdir.name) / f"cache-{cores}")
             print(f"  {cores} core(s) done: " + ", ".join(f"{k} {v:,.1f}" for k, v in results[cores].items()))

@@ -450,6 +450,18 @@ def check_cache_source(cache: ImageCache, data_dir, names_needed=None, index: di
                         "rebuild the cache")
 
 
+def eval_view_note(cache_size: int, img_size: int) -> str | None:
+    """None when the cached eval view of ``img_size`` equals the PNG path's (``eval_resize(img_size) == S``), else
+    one line saying what differs (print it where a run opens the cache)."""
+    wanted = eval_resize(img_size)
+    if wanted == cache_size:
+        return None
+    how = "upsampled, losing detail" if wanted > cache_size else "resized again"
+    return (f"the image cache stores {cache_size}-px images but {img_size}-px models are evaluated on "
+            f"{wanted}-px resizes: the cached images are {how}, so the eval view differs slightly from the PNG path's "
+            f"(a cache of size {wanted} avoids it)")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------------------

@@ -106,6 +106,12 @@ def test_non_square_is_announced(images, tmp_path, capsys):
     assert "1 of 2 images are not square" in out and "centre-cropped to 64" in out
 
 
+def test_eval_view_note_says_when_the_cache_size_is_not_the_eval_resize():
+    assert image_cache.eval_view_note(256, 224) is None and image_cache.eval_view_note(512, 448) is None
+    assert "upsampled" in image_cache.eval_view_note(256, 384)
+    assert "resized again" in image_cache.eval_view_note(512, 224)
+
+
 def test_up_to_date_cache_is_kept(images, cache, capsys):
     folder, names = images
     before = cache.path.stat().st_mtime_ns
