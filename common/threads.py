@@ -1,0 +1,60 @@
+"""How many torch intra-op threads and DataLoader workers to use, so that together they share the cores.
+
+torch's intra-op pool defaults to one thread per core and every loader worker is a process of its own; together
+they oversubscribe a small machine (on 2 cores, 2 threads plus 2 decoding workers stall each other: OpenMP
+barriers wait for descheduled threads). DataLoader workers already run torch with one thread each.
+"""
+from __future__ import annotations
+
+import os
+
+# What the loader workers do decides how many of them there should be.
+KINDS = ("decode", "read")
+
+
+def choose_threads_and_workers(requested_workers: int | None = None, requested_threads: int | None = None,
+                               cores: int | None = None, kind: str = "decode", announce: bool = True
+                               ) -> tuple[int, int]:
+    """``(intra-op threads, loader workers)`` for ``cores`` cores (default ``os.cpu_count()``).
+
+    The rule, for what is not requested:
+
+    - one core: no workers (the main process loads), one thread;
+    - ``kind="decode"`` (PNG path or cached with CPU augmentation: the workers do most of the work): one worker
+      per core but one, and the remaining core for the training process's threads;
+    - ``kind="read"`` (cached with device augmentation: a worker only copies a batch out of the memory map):
+      ``min(2, cores - 1)`` workers, and the other cores are threads of the training process, which now augments;
+    - when only one of the two is requested, the other takes the cores left (at least 1 thread, 0 workers).
+
+    A requested value is kept as given, even if threads + workers exceed the cores (the line says so).
+    Prints one line with the choice unless ``announce`` is false. The caller applies the threads with
+    ``torch.set_num_threads``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    cores = max(1, int(cores or os.cpu_count() or 1))
+    if requested_workers is not None and requested_workers < 0:
+        raise ValueError("requested_workers must be >= 0")
+    if requested_threads is not None and requested_threads < 1:
+        raise ValueError("requested_threads must be >= 1")
+    if requested_workers is not None and requested_threads is not None:
+        workers, threads = requested_workers, requested_threads
+    elif requested_workers is not None:
+        workers = requested_workers
+        threads = max(1, cores - workers)
+    elif requested_threads is not None:
+        threads = requested_threads
+        workers = max(0, cores - threads)
+    elif cores == 1:
+        workers, threads = 0, 1
+    else:
+        workers = cores - 1 if kind == "decode" else min(2, cores - 1)
+        threads = max(1, cores - workers)
+    if announce:
+        requested = [name for name, value in (("--workers", requested_workers), ("--threads", requested_threads))
+                     if value is not None]
+        how = f"as requested by {' and '.join(requested)}" if requested else "override with --threads / --workers"
+        # The main process counts as one busy process even with 0 workers.
+        over = " (more than the cores: expect contention)" if threads + workers > cores else ""
+        print(f"threads: {threads} intra-op thread(s) + {workers} loader worker(s) on {cores} core(s){over}; {how}")
+    return threads, workers
