@@ -69,7 +69,7 @@ def test_predictor_refuses_files_without_metadata(tmp_path):
         onnx_export.OnnxPredictor(broken)
 
 
-# Export takes 10-25 s per network on 2 CPU cores (tracing plus onnx.checker), hence the slow marker.
+# Export took 10-25 s per network in a cold process on 2 CPU cores (tracing plus onnx.checker), hence the slow marker.
 # Visformer with random weights differs by ~1e-4 (onnxruntime's fused kernels); 1e-3 is the common tolerance.
 @pytest.mark.slow
 @pytest.mark.parametrize("name,tolerance", [("ofa595", 1e-4), ("chexnet", 1e-4), ("visformer_small", 1e-3),
