@@ -224,6 +224,14 @@ def box_to_original(box: Box, img_size: int, original_size=(ORIGINAL_SIZE, ORIGI
     return ((x + left) / scale, (y + top) / scale, w / scale, h / scale)
 
 
+def box_to_crop(box: Box, img_size: int, original_size=(ORIGINAL_SIZE, ORIGINAL_SIZE)) -> Box:
+    """The inverse of :func:`box_to_original`: an NIH box (1024-pixel frame) -> the model's input crop, to draw it on
+    a Grad-CAM overlay; ``model = orig * scale - offset`` (parts outside the crop are not clipped)."""
+    scale, left, top = eval_view_geometry(img_size, original_size)
+    x, y, w, h = box
+    return (x * scale - left, y * scale - top, w * scale, h * scale)
+
+
 def map_to_original(heatmap: np.ndarray, original_size=(ORIGINAL_SIZE, ORIGINAL_SIZE)) -> np.ndarray:
     """Bring an ``s x s`` heatmap of the evaluation crop back to the original frame.
 

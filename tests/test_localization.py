@@ -106,6 +106,8 @@ def test_eval_view_mapping():
     # 1024 -> resize 256 -> centre crop 224: offset 16 px at scale 1/4, i.e. the crop covers 64..960.
     assert loc.eval_view_geometry(224) == (0.25, 16, 16)
     assert loc.box_to_original((0, 0, 224, 224), 224) == (64.0, 64.0, 896.0, 896.0)
+    assert loc.box_to_crop((64.0, 64.0, 896.0, 896.0), 224) == (0, 0, 224, 224)
+    assert loc.box_to_crop(loc.box_to_original((10, 20, 30, 40), 96), 96) == pytest.approx((10, 20, 30, 40))
     heatmap = np.zeros((224, 224), dtype=np.float32)
     heatmap[100:124, 50:74] = 1.0
     full = loc.map_to_original(heatmap)
