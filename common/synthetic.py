@@ -8,6 +8,12 @@
 - ``labels/train_list.txt`` / ``val_list.txt`` / ``test_list.txt``: the arnoweng format (name and 14 0/1 labels in
   ``CLASS_NAMES`` order), patient-disjoint, ~70/10/20 and, as in the real data, a *different* partition from the
   official one.
+- ``BBox_List_synthetic.csv``: in the exact ``BBox_List_2017.csv`` layout (header split over columns, ``Infiltrate``
+  spelling), the box of every drawn finding of the eight box classes on the official *test* images (all NIH boxes
+  are on test images). A box encloses the pixels the finding's pattern was drawn on, one box per lung side (the
+  patterns are mirrored) except Cardiomegaly (one central box). Coordinates are the image's own pixel edges scaled
+  by ``1024 / image_size`` into the 1024 x 1024 frame of the NIH boxes (a pattern covering columns 3..5 of a 64 px
+  image gives x = 3 * 16 = 48, w = 3 * 16 = 48). A pattern hidden entirely (for example behind the heart) has no box.
 
 Image design. Every finding adds its own pattern that a CNN trained from scratch can learn at 64x64 px:
 
@@ -36,6 +42,13 @@ DATA_ENTRY_NAME = "Data_Entry_2017_v2020.csv"
 DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                      "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 MANIFEST_NAME = "SYNTHETIC_CXR8.json"
+BBOX_NAME = "BBox_List_synthetic.csv"
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+BBOX_FRAME = 1024
+# The classes the NIH box list covers, and its spelling of one of them.
+BBOX_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                "Pneumothorax")
+BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 MANIFEST_GENERATOR = "common.synthetic"
 IMAGE_NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
 
@@ -99,8 +112,16 @@ def _symmetrise(mask):
     return mask | mask[:, ::-1]
 
 
-def _draw_findings(canvas, image, labels, rng):
-    """Add one distinct, mirror-symmetric pattern per positive label to ``image`` (float, in place)."""
+def _draw_findings(canvas, image, labels, rng, regions=None):
+    """Add one distinct, mirror-symmetric pattern per positive label to ``image`` (float, in place).
+
+    When ``regions`` is a dict, the mask of the pixels each box-class pattern was drawn on is stored under the class
+    name (no random numbers are drawn for it, so images are the same with or without ``regions``).
+    """
+    def record(name, mask):
+        if regions is not None:
+            regions[name] = mask
+
     c = canvas
     lung, u, y = c.lung, c.u, c.y
     lower = y > c.y0 - 0.05
@@ -111,22 +132,27 @@ def _draw_findings(canvas, image, labels, rng):
             # Fine horizontal lines (plate-like atelectasis) in the lower lung fields.
             lines = np.cos(2 * np.pi * y / 0.075) > 0.4
             image[lung & lower & lines] += 0.42
+            record(name, lung & lower & lines)
         elif name == "Cardiomegaly":
             # A much larger, brighter, sharp-edged heart shadow in the centre.
             heart = (c.xc / 0.21) ** 2 + ((y - 0.64) / 0.17) ** 2 < 1.0
             image[heart] = 0.86
+            record(name, heart)
         elif name == "Effusion":
             # A uniform bright fill of the lung bases with a meniscus that rises laterally.
             level = c.y0 + 0.42 * c.rv - 0.10 * np.clip((u - c.u0) / c.ru, -1, 1)
             image[lung & (y > level)] = 0.78
+            record(name, lung & (y > level))
         elif name == "Infiltration":
             # Bright fluffy blotches: thresholded smooth noise inside the lungs.
             blotches = _symmetrise(_smooth_noise(rng, c.size, 12) > 0.25)
             image[lung & blotches] += 0.33
+            record(name, lung & blotches)
         elif name == "Mass":
             # One large bright disc per lung.
             u_c, y_c = c.random_lung_point(rng, margin=0.45)
             image[c.disc_mask(u_c, y_c, 0.075)] += 0.5
+            record(name, c.disc_mask(u_c, y_c, 0.075))
         elif name == "Nodule":
             # Many small bright dots.
             dots = np.zeros_like(lung)
@@ -134,16 +160,19 @@ def _draw_findings(canvas, image, labels, rng):
                 u_c, y_c = c.random_lung_point(rng, margin=0.15)
                 dots |= c.disc_mask(u_c, y_c, 0.022)
             image[dots] += 0.5
+            record(name, dots)
         elif name == "Pneumonia":
             # Vertical lines in the upper and middle lung fields.
             lines = np.cos(2 * np.pi * u / 0.06) > 0.3
             image[lung & upper & lines] += 0.4
+            record(name, lung & upper & lines)
         elif name == "Pneumothorax":
             # A black, texture-free apical crescent bounded by a bright pleural line.
             crescent = c.lung & (y < c.y0 - 0.05) & (c.lung_r > 0.45)
             edge = (c.lung_r > 0.37) & (c.lung_r < 0.45) & (y < c.y0 - 0.05)
             image[crescent] = 0.0
             image[edge] = 0.85
+            record(name, crescent | edge)
         elif name == "Consolidation":
             # A coarse checkerboard in the mid lung fields.
             period = 0.09
@@ -181,8 +210,9 @@ def _draw_findings(canvas, image, labels, rng):
             raise AssertionError(f"no synthetic pattern for class {name!r}")
 
 
-def _render_image(size, anatomy, labels, rng):
-    """Render one 8-bit grayscale chest-like image for one patient's anatomy and one label vector."""
+def _render_image(size, anatomy, labels, rng, regions=None):
+    """Render one 8-bit grayscale chest-like image for one patient's anatomy and one label vector (``regions``: see
+    ``_draw_findings``)."""
     canvas = _Canvas(size, anatomy["lung_u"], anatomy["lung_y"], anatomy["lung_ru"], anatomy["lung_rv"])
     xc, y = canvas.xc, canvas.y
     image = np.full((size, size), 0.06, dtype=np.float32)
@@ -199,12 +229,32 @@ def _render_image(size, anatomy, labels, rng):
     canvas.lung = canvas.lung & ~heart
     # Anatomical texture: faint smooth noise (vessels, soft tissue), much weaker than any finding pattern.
     image += 0.05 * _smooth_noise(rng, size, 10)
-    _draw_findings(canvas, image, labels, rng)
+    _draw_findings(canvas, image, labels, rng, regions)
     # Acquisition differences: per-image contrast and brightness jitter plus fine sensor noise.
     gain = rng.uniform(0.85, 1.15)
     offset = rng.uniform(-0.05, 0.05)
     image = image * gain + offset + rng.normal(0.0, 0.015, size=image.shape).astype(np.float32)
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _region_boxes(name, mask):
+    """Boxes ``(x, y, w, h)`` in pixels around a drawn pattern: one per lung side, one for the central heart."""
+    size = mask.shape[1]
+    halves = [mask] if name == "Cardiomegaly" else [mask[:, : size // 2], mask[:, size // 2:]]
+    boxes = []
+    for offset, half in zip((0, size // 2), halves):
+        rows, cols = np.flatnonzero(half.any(axis=1)), np.flatnonzero(half.any(axis=0))
+        if rows.size:
+            boxes.append((int(cols[0]) + offset, int(rows[0]), int(cols[-1] - cols[0]) + 1,
+                          int(rows[-1] - rows[0]) + 1))
+    return boxes
+
+
+def _bbox_lines(boxes, size):
+    """``BBox_List_2017.csv`` rows for ``[(name, class, (x, y, w, h))]`` in pixels of a ``size`` image."""
+    scale = BBOX_FRAME / size
+    return [f"{name},{BBOX_SPELLING.get(label, label)}," + ",".join(repr(float(v) * scale) for v in box)
+            for name, label, box in boxes]
 
 
 def _draw_labels(rng, class_rates):
@@ -294,6 +344,7 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     images_dir = os.path.join(out_dir, "images")
     entry_lines = [DATA_ENTRY_HEADER]
     records = []  # (image name, patient id, label vector)
+    boxes = []    # (image name, class, (x, y, w, h) in pixels)
     for patient in range(1, num_patients + 1):
         anatomy = {
             "lung_u": rng.uniform(0.18, 0.2), "lung_y": rng.uniform(0.45, 0.49),
@@ -307,7 +358,10 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
             labels = baseline if (followup > 0 and rng.uniform() < FOLLOWUP_REPEAT_RATE) else \
                 _draw_labels(rng, class_rates)
             name = f"{patient:08d}_{followup:03d}.png"
-            pixels = _render_image(image_size, anatomy, labels, rng)
+            regions = {}
+            pixels = _render_image(image_size, anatomy, labels, rng, regions)
+            boxes.extend((name, label, box) for label in BBOX_CLASSES if label in regions
+                         for box in _region_boxes(label, regions[label]))
             Image.fromarray(pixels, mode="L").save(os.path.join(images_dir, name))
             findings = "|".join(CLASS_NAMES[i] for i in np.flatnonzero(labels)) or "No Finding"
             age_now = min(95, age + followup // 2)
@@ -338,6 +392,10 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     for key, group in (("train_list", arno_train), ("val_list", arno_val), ("labelled_test_list", arno_test)):
         _write_lines(paths[key], [n + " " + " ".join(str(int(v)) for v in lab) for n, p, lab in records if p in group])
 
+    test_names = {n for n, p, _ in records if p in official_test}
+    bbox_path = os.path.join(out_dir, BBOX_NAME)
+    _write_lines(bbox_path, [BBOX_HEADER] + _bbox_lines([b for b in boxes if b[0] in test_names], image_size))
+
     label_matrix = np.stack([lab for _, _, lab in records])
     summary = dict(paths)
     summary.update({
@@ -352,6 +410,8 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
         # Paths in the manifest are relative, so a copied set stays self-describing.
         json.dump({k: (os.path.relpath(v, out_dir) if k in paths else v) for k, v in manifest.items()},
                   handle, indent=2)
+    # Added after the manifest, which stays as it was before the box list existed.
+    summary["bbox_list"] = bbox_path
     return summary
 
 
