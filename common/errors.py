@@ -1,7 +1,15 @@
 """Error reporting for the command-line entry points: one line, exit code 2, no traceback."""
 import argparse
+import errno
+import os
 import sys
 import warnings
+
+#: errno values of the file system refusing a read or write (full, over quota, read-only, no permission, the wrong
+#: kind of path). Only these are reported as one line; any other OSError is a bug and keeps its traceback.
+FILESYSTEM_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EPERM", "EROFS", "EEXIST", "ENOTDIR", "EISDIR", "ENAMETOOLONG",
+    "ELOOP", "EIO", "ENOTEMPTY", "EXDEV") if hasattr(errno, name))
 
 
 class UserError(Exception):
@@ -29,11 +37,32 @@ def run_main(main, argv=None, **kwargs) -> int:
     except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in FILESYSTEM_ERRNOS:
+            raise
+        # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
+        # environment, not a bug, so one line rather than a traceback.
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is saved in the *-last.pth checkpoint; "
               "rerun with --resume to continue", file=sys.stderr)
         return 130
     return 0 if result is None else int(result)
+
+
+def os_error_reason(err: OSError) -> str:
+    """The cause of ``err`` in words with its number, e.g. ``no space left on device (Errno 28)``."""
+    text = (err.strerror or os.strerror(err.errno)) if err.errno else str(err)
+    text = text[:1].lower() + text[1:]
+    return f"{text} (Errno {err.errno})" if err.errno else text
+
+
+def os_error_message(err: OSError) -> str:
+    """One line naming the file(s) of ``err`` and its cause, e.g. ``/x/a.csv: permission denied (Errno 13)``."""
+    names = [str(name) for name in (err.filename, err.filename2) if name is not None]
+    where = " -> ".join(names) if names else "file system"
+    return f"{where}: {os_error_reason(err)}"
 
 
 def _one_line(err: UserError) -> str:

@@ -11,13 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from .checkpoint import _write_atomic  # noqa: E402  (the one atomic-writer core of the package)
+
 
 def _save(figure, path: Path) -> None:
+    """Save ``figure`` atomically: a uniquely named temporary in the same folder, then a rename, so two processes
+    never share a temporary and a kill never leaves half an image."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    temporary.replace(path)
+    image_format = path.suffix.lstrip(".").lower() or "png"  # the temporary's .tmp suffix says nothing to savefig
+    try:
+        _write_atomic(path, lambda stream: figure.savefig(stream, format=image_format, dpi=120,
+                                                          bbox_inches="tight"), "wb")
+    finally:
+        plt.close(figure)  # also on failure: pyplot keeps every open figure alive
 
 
 def plot_training_curves(log_csv: Path, png_path: Path, title: str = "") -> None:
