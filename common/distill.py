@@ -24,6 +24,7 @@ from .errors import ArgumentParser, UserError, positive_float, unit_fraction
 from .layout import folder_model_path, output_dir_for, teachers_root
 from .losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
 from .models import model_folders
+from .run_folder import remove_stale_temporaries
 from .run_setup import TrainingRun, setup_training, training_data
 from .identity import check_unseen_patients, data_identity, differences, file_sha256, precision_name
 from .split_data import SplitData, eval_transform_for
@@ -160,12 +161,15 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
         if stale != path:
             print(f"removing stale teacher cache {stale}")
             stale.unlink()
+    remove_stale_temporaries(cache_dir, path.name)  # a kill during a save leaves one behind
     if state is None:
         state = {"key": key, "filled": 0, "logits": torch.zeros(key["n_images"], NUM_CLASSES, dtype=torch.float16)}
     dataset = data.dataset("train", eval_transform_for({"mean": teacher.mean, "std": teacher.std}, teacher.img_size))
     remaining = torch.utils.data.Subset(dataset, range(state["filled"], len(dataset)))
+    # Its own generator: building the cache must not draw from the global random state, so that a run which finds
+    # the cache built trains exactly like the run which built it.
     loader = torch.utils.data.DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=data.workers,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
     teacher.model.to(device)
     with torch.no_grad():
         bar = progress(loader, f"teacher cache {path.name}", unit="batch", initial=state["filled"] // batch_size,
@@ -193,6 +197,10 @@ class DistillationCriterion:
     @property
     def last_terms(self) -> dict:
         return getattr(self.kd_loss, "last_terms", {})
+
+    @property
+    def last_term_tensors(self) -> dict:
+        return getattr(self.kd_loss, "last_term_tensors", {})
 
     def __call__(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.kd_loss(logits.float(), batch["target"], self.teacher_logits(batch))
@@ -222,35 +230,38 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
     args = copy.copy(args)  # a resumed student takes its own recorded flags; --teacher all runs several
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
     run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
-                         data=data, resume_missing_ok=True)
+                         data=data)
     if run.finished:
         return run.finished
-    teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
-    split = run.data.split
-    selected_or_tested = {f"val part of split {split.name}": (split.parts["val"].patient_ids, ("train",)),
-                          f"test part of split {split.name}": (split.parts["test"].patient_ids, ("train", "val"))}
-    for teacher in teachers:
-        check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested, "teacher")
-    if args.student_init:
-        check_unseen_patients(args.student_init, load_checkpoint(args.student_init), selected_or_tested,
-                              "--student-init")
-    distillation = {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
-                    "temperature": args.temperature, "teacher_mode": args.teacher_mode,
-                    "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
-                    "student_init": args.student_init}
-    run.identity["recipe"]["distillation"] = {
-        **{k: distillation[k] for k in ("alpha", "temperature", "teacher_mode", "ensemble_weights")},
-        "teachers": [{"index": t.index, "sha256": t.sha256} for t in teachers]}
-    if run.resume_state is not None:
-        recorded = (run.resume_state.get("identity") or {}).get("recipe", {}).get("distillation", {})
-        found = differences(recorded, run.identity["recipe"]["distillation"],
-                            ("teachers", "alpha", "temperature", "teacher_mode", "ensemble_weights"),
-                            describe=lambda key: "teacher files (index, sha256)" if key == "teachers" else f"--{key}")
-        if found:
-            raise UserError(f"--resume: {run.resume_state['path']} distilled another way: {'; '.join(found)}")
-    cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
-    return run.fit(build_criterion(teachers, run, args, cache_dir), args,
-                   extra_metadata={"distillation": distillation})
+    try:
+        teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
+        split = run.data.split
+        selected_or_tested = {f"val part of split {split.name}": (split.parts["val"].patient_ids, ("train",)),
+                              f"test part of split {split.name}": (split.parts["test"].patient_ids, ("train", "val"))}
+        for teacher in teachers:
+            check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested, "teacher")
+        if args.student_init:
+            check_unseen_patients(args.student_init, load_checkpoint(args.student_init), selected_or_tested,
+                                  "--student-init")
+        distillation = {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
+                        "temperature": args.temperature, "teacher_mode": args.teacher_mode,
+                        "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,
+                        "student_init": args.student_init}
+        run.identity["recipe"]["distillation"] = {
+            **{k: distillation[k] for k in ("alpha", "temperature", "teacher_mode", "ensemble_weights")},
+            "teachers": [{"index": t.index, "sha256": t.sha256} for t in teachers]}
+        if run.resume_state is not None:
+            recorded = (run.resume_state.get("identity") or {}).get("recipe", {}).get("distillation", {})
+            found = differences(recorded, run.identity["recipe"]["distillation"],
+                                ("teachers", "alpha", "temperature", "teacher_mode", "ensemble_weights"),
+                                describe=lambda key: "teacher files (index, sha256)" if key == "teachers" else f"--{key}")
+            if found:
+                raise UserError(f"--resume: {run.resume_state['path']} distilled another way: {'; '.join(found)}")
+        cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "teacher-cache"
+        return run.fit(build_criterion(teachers, run, args, cache_dir), args,
+                       extra_metadata={"distillation": distillation})
+    finally:
+        run.release()
 
 
 def main(argv=None, *, folder: Path | None = None) -> int:

@@ -6,11 +6,11 @@ built by the caller. Base training passes :class:`SupervisedCriterion`; distilla
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,12 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import rng_state, save_atomic, set_rng_state
+from .checkpoint import rng_state, save_atomic, seed_everything
 from .constants import CLASS_NAMES
 from .errors import UserError
 from .losses import LabelLoss
 from .metrics import choose_thresholds, mean_auroc, per_class_auroc
 from .plots import plot_training_curves
+from .run_log import TrainingLog
 
 # Reading the loss (.item()) waits for the GPU; doing it every few steps keeps the device queue full.
 LOG_EVERY = 10
@@ -111,6 +112,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
     model.train()
     total_loss = torch.zeros((), device=device)  # summed on the device; read only when logging
     seen = skipped = step = 0
+    term_sums: dict = {}  # the criterion's parts (distillation: hard and kd), sample-weighted, on the device
     start = time.perf_counter()
     bar = progress(loader, f"epoch {epoch}/{epochs} train", unit="batch")
     for step, batch in enumerate(bar, start=1):
@@ -134,6 +136,8 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
         else:
             scheduler.step()
             total_loss += loss.detach().float() * count
+            for name, value in getattr(criterion, "last_term_tensors", {}).items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.float() * count
             seen += count
         if step % LOG_EVERY == 0 or step == len(loader):
             mean_loss = total_loss.item() / max(seen, 1)
@@ -150,7 +154,8 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
     if skipped == step:
         raise UserError(f"every step of epoch {epoch} overflowed in fp16 and was skipped; lower --lr or pass --no-amp")
     return {"loss": total_loss.item() / max(seen, 1), "img_per_s": seen / max(seconds, 1e-9), "seconds": seconds,
-            "images": seen, "skipped_steps": skipped}
+            "images": seen, "skipped_steps": skipped,
+            "terms": {name: float(value) / max(seen, 1) for name, value in term_sums.items()}}
 
 
 @torch.no_grad()
@@ -196,7 +201,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
-LOG_COLUMNS = ("epoch", "train_loss", "val_mean_auroc", "best_val_mean_auroc", "lr", "img_per_s", "epoch_seconds")
+LOG_COLUMNS = ("epoch", "train_loss", "train_hard_loss", "train_kd_loss", "val_mean_auroc", "best_val_mean_auroc",
+               "lr", "img_per_s", "epoch_seconds")
 
 
 @dataclass(frozen=True)
@@ -229,27 +235,12 @@ class OptimiserSettings:
     weight_decay: float
     warmup_epochs: float
     clip_grad: float | None = None
+    seed: int = 0  # every epoch's random draws come from (seed, epoch), whatever ran before it
 
 
-def _truncate_log(log_path: Path, last_epoch: int) -> None:
-    """On resume, drop log rows of epochs after the checkpoint (a kill can land between the two writes)."""
-    if not log_path.is_file():
-        return
-    with open(log_path, newline="") as stream:
-        rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) <= last_epoch]
-    with open(log_path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _append_log(log_path: Path, row: dict) -> None:
-    exists = log_path.is_file()
-    with open(log_path, "a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=LOG_COLUMNS)
-        if not exists:
-            writer.writeheader()
-        writer.writerow(row)
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random draws (augmentation, dropout): a resumed epoch draws what it drew before."""
+    return seed * 1000 + epoch
 
 
 def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "torch.utils.data.DataLoader"],
@@ -277,24 +268,29 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_epoch, best_auroc, best_epoch = 1, -1.0, 0
+    log = TrainingLog(paths.log, LOG_COLUMNS)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
         start_epoch = resume_state["epoch"] + 1
         best_auroc, best_epoch = resume_state["best_val_mean_auroc"], resume_state["best_epoch"]
-        _truncate_log(paths.log, resume_state["epoch"])
+        if "log_rows" in resume_state:
+            # The rows saved with the weights: the log matches them whichever write a kill interrupted.
+            log.restore([row for row in resume_state["log_rows"] if int(row["epoch"]) <= resume_state["epoch"]])
+        else:
+            log.truncate_to(resume_state["epoch"])
         print(f"resuming {paths.last} at epoch {start_epoch} (best so far {best_auroc:.4f} at epoch {best_epoch})")
-    elif paths.log.exists():
-        paths.log.unlink()
+    else:
+        log.start_over()  # an old log stays as it is until the first new epoch replaces it
 
-    paths.best.parent.mkdir(parents=True, exist_ok=True)
     print(f"training {metadata['model_name']} on {device} "
           f"({'AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}), "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, writing {paths.best}")
+    said = set()  # validation warnings (an n/a AUROC, a class without positives) are said once per run
     for epoch in range(start_epoch, settings.epochs + 1):
+        seed_everything(epoch_seed(settings.seed, epoch))
         stats = train_one_epoch(model, criterion, train_loader_for_epoch(epoch), optimizer, scheduler, scaler,
                                 device, amp_dtype, epoch, settings.epochs, clip_grad=settings.clip_grad or None,
                                 channels_last=channels_last)
@@ -304,26 +300,39 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
             raise UserError(f"the validation scores became non-finite at epoch {epoch} (the weights diverged); "
                             f"lower --lr (now {settings.lr:g}); {paths.last.name} and the log keep the last good epoch")
         probs = sigmoid(logits)
-        aurocs = per_class_auroc(targets, probs, CLASS_NAMES)
-        val_auroc = mean_auroc(aurocs)
-        improved = np.isfinite(val_auroc) and val_auroc > best_auroc
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            aurocs = per_class_auroc(targets, probs, CLASS_NAMES)
+            val_auroc = mean_auroc(aurocs)
+            improved = np.isfinite(val_auroc) and val_auroc > best_auroc
+            thresholds = choose_thresholds(targets, probs, CLASS_NAMES) if improved else None
+        for warning in caught:
+            if str(warning.message) not in said:
+                said.add(str(warning.message))
+                print(f"warning: {warning.message} (said once per run)", file=sys.stderr)
         print(f"Epoch {epoch}/{settings.epochs}, Total Loss: {stats['loss']:.4f}, Time: {stats['seconds']:.2f} sec, "
               f"{stats['img_per_s']:.1f} img/s, Val mean AUROC: {val_auroc:.4f}")
         state = {**metadata, "epoch": epoch, "val_mean_auroc": float(val_auroc),
                  "val_auroc": [None if a is None else float(a) for a in aurocs]}
         if improved:
             best_auroc, best_epoch = float(val_auroc), epoch
-            thresholds = choose_thresholds(targets, probs)
             save_atomic({**state, "kind": "best", "model": model.state_dict(),
                          "val_thresholds": [float(t) for t in thresholds]}, paths.best)
             print(f"Model saved as {paths.best.name} (best validation mean AUROC {best_auroc:.4f})")
-        _append_log(paths.log, {
-            "epoch": epoch, "train_loss": f"{stats['loss']:.6f}", "val_mean_auroc": f"{val_auroc:.6f}",
-            "best_val_mean_auroc": f"{best_auroc:.6f}", "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-            "img_per_s": f"{stats['img_per_s']:.2f}", "epoch_seconds": f"{stats['seconds']:.2f}"})
+        terms = stats.get("terms", {})
+        row = {"epoch": str(epoch), "train_loss": f"{stats['loss']:.6f}",
+               "train_hard_loss": f"{terms['hard']:.6f}" if "hard" in terms else "",
+               "train_kd_loss": f"{terms['kd']:.6f}" if "kd" in terms else "",
+               "val_mean_auroc": f"{val_auroc:.6f}", "best_val_mean_auroc": f"{best_auroc:.6f}",
+               "lr": f"{scheduler.get_last_lr()[0]:.3e}", "img_per_s": f"{stats['img_per_s']:.2f}",
+               "epoch_seconds": f"{stats['seconds']:.2f}"}
+        # -last.pth first, carrying the log rows, then the log: after a kill between the two writes the resumed
+        # run rebuilds the log from the checkpoint, so weights and log never disagree.
         save_atomic({**state, "kind": "last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                     "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch}, paths.last)
+                     "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch,
+                     "log_rows": log.rows() + [row]}, paths.last)
+        log.append(row)
         plot_training_curves(paths.log, paths.curves, title=paths.prefix)
     if best_epoch == 0:
         raise UserError("validation mean AUROC was undefined in every epoch (each class has a single label value "

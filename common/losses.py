@@ -162,6 +162,11 @@ class MultiLabelKDLoss(nn.Module):
     def last_terms(self) -> dict:
         return {name: float(value) for name, value in self._last_terms.items()}
 
+    @property
+    def last_term_tensors(self) -> dict:
+        """The same terms as detached tensors, for summing on the device without waiting for it."""
+        return dict(self._last_terms)
+
     def forward(self, student_logits, targets, teacher_logits) -> torch.Tensor:
         """Total loss for [B, C] student logits, [B, C] labels and [B, C] or [K, B, C] teacher logits.
 

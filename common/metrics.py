@@ -88,12 +88,12 @@ def mean_auroc(aurocs) -> float:
     return float(np.mean(defined)) if defined else float("nan")
 
 
-def choose_thresholds(y_true, y_prob) -> np.ndarray:
+def choose_thresholds(y_true, y_prob, class_names=None) -> np.ndarray:
     """Per-class probability thresholds that maximise the positive-class F1 on the given (validation) data.
 
     Uses ``sklearn.metrics.precision_recall_curve``; each candidate threshold is a score value, and a class is
     predicted positive when ``prob >= threshold``. Among tied F1 values the lowest threshold wins. A class with no
-    positive label gets 0.5, with an ``UndefinedMetricWarning``.
+    positive label gets 0.5, with an ``UndefinedMetricWarning`` naming it (by ``class_names`` when given).
 
     Returns:
         float64 array [C].
@@ -103,7 +103,8 @@ def choose_thresholds(y_true, y_prob) -> np.ndarray:
     thresholds = np.full(labels.shape[1], 0.5)
     for index in range(labels.shape[1]):
         if labels[:, index].sum() == 0:
-            warnings.warn(f"class index {index} has no positive label in the threshold-selection data; "
+            name = class_names[index] if class_names is not None else f"class index {index}"
+            warnings.warn(f"{name} has no positive label in the threshold-selection data; "
                           f"its threshold is set to 0.5", UndefinedMetricWarning, stacklevel=2)
             continue
         precision, recall, candidates = precision_recall_curve(labels[:, index], probs[:, index])

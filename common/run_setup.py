@@ -19,6 +19,7 @@ from .engine import CheckpointPaths, OptimiserSettings, amp_dtype_for, fit, reso
 from .errors import UserError
 from .models import ModelInfo, create_model, load_pretrained, model_info
 from .identity import data_identity, differences, precision_name, run_identity, split_identity, weights_identity
+from .run_folder import OutputLock, prepare_output_dir, remove_stale_temporaries
 from .split_data import SplitData, eval_transform_for
 
 
@@ -28,11 +29,11 @@ def training_data(args) -> SplitData:
                      parts=("train", "val"), workers=args.workers)
 
 
-def resume_state_for(args, paths: CheckpointPaths, model_name: str, missing_ok: bool = False) -> dict | None:
+def resume_state_for(args, paths: CheckpointPaths, model_name: str) -> dict | None:
     """The ``-last.pth`` state ``--resume`` names, checked against this run; None when not resuming.
 
-    ``missing_ok``: ``--resume`` without a file and no ``-last.pth`` yet starts the run from the beginning (used by
-    ``--teacher all``, where a teacher whose run never started has nothing to resume).
+    ``--resume`` without a file and no ``-last.pth`` yet starts the run from the beginning: a run killed in its
+    first epoch, or a ``--teacher all`` student whose run never started, has nothing to resume but can go on.
     """
     if args.resume is None:
         if not args.overwrite and (paths.best.exists() or paths.last.exists()):
@@ -42,7 +43,7 @@ def resume_state_for(args, paths: CheckpointPaths, model_name: str, missing_ok: 
         return None
     resume_path = paths.last if args.resume == "auto" else Path(args.resume)
     if not resume_path.is_file():
-        if missing_ok and args.resume == "auto":
+        if args.resume == "auto":
             print(f"--resume: no {resume_path.name} yet, so {paths.prefix} starts from the beginning")
             return None
         raise UserError(f"--resume: {resume_path} does not exist (nothing to resume)")
@@ -71,6 +72,7 @@ class TrainingRun:
     model: torch.nn.Module | None
     resume_state: dict | None
     finished: dict | None = None  # the summary, when the resumed run had already finished every epoch
+    lock: OutputLock | None = None  # held on the output folder from setup to the end of fit
     channels_last: bool = field(default=False)
     identity: dict | None = None  # split, pixels and recipe (run_identity); distillation adds to its recipe
 
@@ -95,20 +97,47 @@ class TrainingRun:
             "identity": self.identity, **(extra_metadata or {}),
         }
         settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                     warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad)
-        return fit(self.model, criterion, train_loader, val_loader, settings, self.paths, self.device,
-                   self.amp_dtype, metadata, resume_state=self.resume_state, channels_last=self.channels_last)
+                                     warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, seed=args.seed)
+        try:
+            return fit(self.model, criterion, train_loader, val_loader, settings, self.paths, self.device,
+                       self.amp_dtype, metadata, resume_state=self.resume_state, channels_last=self.channels_last)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let another run use the output folder (the lock also ends with the process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_source: str | None = None,
-                   data: SplitData | None = None, resume_missing_ok: bool = False) -> TrainingRun:
+                   data: SplitData | None = None) -> TrainingRun:
     """Device, data, model (with ``init_source`` weights unless resuming), paths and resume state of a run.
 
-    ``data`` reuses an already indexed split (several runs on the same images). When the state to resume has
-    finished every epoch already, the returned run has ``finished`` set and nothing else to do.
+    Before any data is read, the output folder is checked writable and locked for this run (``<prefix>``), and
+    temporaries a killed run left there are removed. ``data`` reuses an already indexed split (several runs on the
+    same images). When the state to resume has finished every epoch already, the returned run has ``finished`` set
+    and nothing else to do.
     """
+    output_dir = prepare_output_dir(output_dir)
+    lock = OutputLock(output_dir, prefix)
+    lock.acquire()
+    try:
+        run = _setup_locked(args, model_name, prefix, output_dir, init_source, data)
+    except BaseException:
+        lock.release()
+        raise
+    run.lock = lock
+    if run.finished:
+        run.release()
+    return run
+
+
+def _setup_locked(args, model_name, prefix, output_dir, init_source, data) -> TrainingRun:
+    remove_stale_temporaries(output_dir, prefix)
     paths = CheckpointPaths.for_prefix(output_dir, prefix)
-    resume_state = resume_state_for(args, paths, model_name, missing_ok=resume_missing_ok)
+    resume_state = resume_state_for(args, paths, model_name)
     info = model_info(model_name)
     if resume_state is not None and resume_state["epoch"] >= args.epochs:
         print(f"{resume_state['path']} already finished {resume_state['epoch']} of {args.epochs} epochs; "
@@ -127,6 +156,8 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
         training_recipe(args, amp_dtype, init_source if resume_state is None else None))
     if resume_state is not None:
         check_same_run(resume_state, identity)
+        # The initial weights were loaded by the run being continued: keep its record of them.
+        identity["recipe"]["initial_weights"] = resume_state["identity"]["recipe"].get("initial_weights")
 
     model = create_model(model_name, num_classes=NUM_CLASSES, img_size=args.img_size)
     if init_source and resume_state is None:

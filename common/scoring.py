@@ -76,7 +76,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         val_loader = data.loader("val", transform, batch_size, shuffle=False)
         val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype,
                                                  desc=f"{checkpoint_path.name} val (ten-crop thresholds)")
-        thresholds = choose_thresholds(val_targets, sigmoid(val_logits))
+        thresholds = choose_thresholds(val_targets, sigmoid(val_logits), CLASS_NAMES)
         threshold_view = "ten-crop (chosen now on the validation part)"
     report = evaluation_report(targets, probs, CLASS_NAMES,
                                val_thresholds=None if thresholds is None else np.asarray(thresholds))

@@ -30,7 +30,10 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     run = setup_training(args, model, prefix, output_dir_for(args.output_dir, folder), init_source=args.pretrained)
     if run.finished:
         return 0
-    weight = pos_weight_for(args.pos_weight, run.data.split.parts["train"].labels)
-    criterion = SupervisedCriterion(LabelLoss(pos_weight=None if weight is None else weight.to(run.device)))
-    run.fit(criterion, args)
+    try:
+        weight = pos_weight_for(args.pos_weight, run.data.split.parts["train"].labels)
+        criterion = SupervisedCriterion(LabelLoss(pos_weight=None if weight is None else weight.to(run.device)))
+        run.fit(criterion, args)
+    finally:
+        run.release()
     return 0

@@ -18,9 +18,6 @@ TINY = fault_soak.TINY
 QUIET = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2"}
 
 
-# Until training.py is wired to run_folder/run_log (restart when no -last.pth exists yet, sweep temporaries), kills
-# before the first checkpoint end in "nothing to resume" and leave temporaries; remove this marker with the wiring.
-@pytest.mark.xfail(reason="training run not yet wired to run_folder/run_log", strict=False)
 @pytest.mark.slow
 def test_kill_and_resume_soak(tmp_path):
     lines = []
@@ -57,7 +54,9 @@ FULL_DISK = textwrap.dedent("""
 
 
 def hashes(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The run's files (not the dot-files: a killed run's lock file is replaced by the next run's)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def assert_one_line_exit_2(result, *fragments):
@@ -68,19 +67,37 @@ def assert_one_line_exit_2(result, *fragments):
         assert str(fragment) in lines[0], lines[0]
 
 
-# Today the log row is appended before -last.pth is written, so a full disk at that write leaves a changed log;
-# with TrainingLog wired (-last.pth first, then the log) this passes and strict=True flags the stale marker.
-@pytest.mark.xfail(reason="training.py appends the log before writing -last.pth", strict=True)
-def test_full_disk_during_training_is_one_line_and_keeps_earlier_files(synthetic, tmp_path):
+# The script with a SIGKILL right after its second epoch's files are written: an interrupted run to resume.
+KILL_AFTER_EPOCH_2 = textwrap.dedent("""
+    import os, runpy, signal, sys
+    sys.path.insert(0, {repo!r})
+    import common.engine as engine
+    draw, calls = engine.plot_training_curves, [0]
+
+    def draw_then_die(*args, **kwargs):
+        draw(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    engine.plot_training_curves = draw_then_die
+    sys.argv = [{script!r}, *sys.argv[1:]]
+    runpy.run_path({script!r}, run_name="__main__")
+""")
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_full_disk_during_training_is_one_line_and_keeps_earlier_files(synthetic, tmp_path, nth):
     out = tmp_path / "run"
     script = str(REPO / "1-EEEA-Net-C2" / "train-model.py")
     flags = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
              "--output-dir", str(out)]
-    epochs2 = [*flags, "--epochs", "2"]  # the later --epochs wins in argparse
-    assert subprocess.run([sys.executable, script, *epochs2], capture_output=True, text=True, env=QUIET).returncode == 0
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2.format(repo=str(REPO), script=script), *flags],
+                            capture_output=True, text=True, env=QUIET)
+    assert killed.returncode == -9, killed.stderr
     before = hashes(out)
-    # The first write of the resumed run's first atomic file (its best or -last checkpoint) hits a full disk.
-    result = subprocess.run([sys.executable, "-c", FULL_DISK.format(repo=str(REPO), nth=1, script=script),
+    # The nth write of the resumed run's atomic files (log, best or -last checkpoint) hits a full disk.
+    result = subprocess.run([sys.executable, "-c", FULL_DISK.format(repo=str(REPO), nth=nth, script=script),
                              *flags, "--resume"], capture_output=True, text=True, env=QUIET)
     assert_one_line_exit_2(result, "no space left on device (Errno 28)", out)
     assert hashes(out) == before
