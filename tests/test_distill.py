@@ -61,6 +61,7 @@ def test_cached_and_online_give_the_same_loss_on_the_same_view(teachers, synthet
     assert len(list(tmp_path.glob("teacher2-*.pt"))) == 1
 
 
+@pytest.mark.slow
 def test_tiny_distillation_and_comparison(teachers, synthetic):
     student_dir = teachers / DISTILL_FOLDER
     common = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
@@ -104,6 +105,7 @@ def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic, capsys):
     assert "1-EEEA-Net-C2/model1.pth" in error and len(error.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypatch):
     import common.distill as distill_module
     teacher = Teacher(teachers / "1-EEEA-Net-C2" / "model1.pth", 1)

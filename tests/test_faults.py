@@ -17,6 +17,9 @@ TINY = fault_soak.TINY
 # stderr must hold only the error line: no progress bars (tqdm reads TQDM_DISABLE) and no AUROC warnings.
 QUIET = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2"}
 
+# Every test here runs the scripts as subprocesses, several times.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_kill_and_resume_soak(tmp_path):

@@ -12,6 +12,9 @@ from common.errors import run_main
 
 REAL = Path(__file__).parent / "data" / "images"
 
+# Trains two models on real 1024-px PNGs.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def real_layout(tmp_path_factory):

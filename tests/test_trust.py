@@ -136,6 +136,7 @@ def test_resume_on_other_pixels_is_refused(trained, synthetic, tmp_path, capsys)
     one_line_error(capsys, "--data-dir")
 
 
+@pytest.mark.slow
 def test_distillation_resume_from_another_run_is_refused(trained, synthetic, capsys):
     folder6 = trained / "6-Distilling-to-EEEA-Net-C2"
     base = data_flags(synthetic) + TINY + ["--output-dir", str(folder6), "--teacher-mode", "online"]

@@ -212,6 +212,16 @@ def run_reference(mode: str, data: Path, teachers_root: Path, work: Path) -> tup
     return output, seconds
 
 
+def training_seconds(reference: Path, mode: str) -> float:
+    """Seconds the reference run spent in its epochs (training, validation, saving), from its log CSV."""
+    logs = sorted(reference.glob("*-log.csv"))
+    if not logs:
+        raise RuntimeError(f"the {mode} reference run in {reference} wrote no log")
+    with open(logs[0], newline="") as stream:
+        # epoch_seconds counts training only; validation and the saves add about a third on these tiny runs.
+        return 1.3 * sum(float(row["epoch_seconds"]) for row in csv.DictReader(stream))
+
+
 def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teachers_root: Path, reference: Path,
               work: Path, max_runs: int = 20) -> Trial:
     """One trial: kill at each of ``kill_times`` (seconds after each start), then resume to the end; compare."""
@@ -266,9 +276,12 @@ def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, w
         results[mode] = []
         for index in range(1, trials + 1):
             rng = random.Random(f"{seed}-{mode}-{index}")
-            # Within 90 % of the reference run: kills land in start-up, the cache build, training and saving (a later
-            # one usually lands after the run has finished, which tests nothing).
-            kill_times = [round(rng.uniform(0.2, 0.9 * seconds), 2) for _ in range(rng.randint(1, max_kills))]
+            # Two kills in three land in the epochs (from the reference log's epoch times: mid-epoch, between the
+            # checkpoint writes, during a save), the rest anywhere in start-up, the cache build and training. A kill
+            # after the run has finished tests nothing, so none is drawn in the last 5 %.
+            epochs_start = max(0.2, seconds - training_seconds(reference, mode))
+            kill_times = [round(rng.uniform(epochs_start, 0.95 * seconds) if rng.random() < 2 / 3
+                                else rng.uniform(0.2, 0.9 * seconds), 2) for _ in range(rng.randint(1, max_kills))]
             trial = run_trial(mode, index, kill_times, data, teachers_root, reference, work)
             report(trial.describe())
             results[mode].append(trial)
