@@ -83,6 +83,13 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
     with open(student_dir / "comparison.csv") as stream:
         rows = {row["model"]: row for row in csv.DictReader(stream)}
     assert rows["model3"]["status"] == "missing" and rows["modeld3"]["status"] == "missing"
+    # Each row carries its run identity, and each student row its recipe difference from model1.
+    identities = json.loads((student_dir / "comparison.json").read_text())["identities"]
+    assert identities["model1"]["recipe"]["trained"]["recipe"]["epochs"] == 2
+    assert identities["modeld1"]["data"] == identities["model1"]["data"]
+    assert identities["modeld2"]["recipe"]["trained"]["recipe"]["distillation"]["teachers"][0]["index"] == 2
+    assert rows["modeld1"]["recipe_vs_baseline"] == "same recipe"
+    assert "student's recipe vs model1" in (student_dir / "comparison.md").read_text()
     # The comparison's numbers equal those of test-model.py in each folder.
     for index, folder in ((1, "1-EEEA-Net-C2"), (2, "2-OFA-595")):
         out = teachers / folder

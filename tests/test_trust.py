@@ -216,3 +216,51 @@ def test_bf16_evaluation_keeps_float32_logits():
     rounded = torch.from_numpy(bf16).bfloat16().float().numpy()
     for column in range(14):
         assert len(np.unique(bf16[:, column])) == 256 > len(np.unique(rounded[:, column]))
+
+
+def test_a_student_resumes_only_from_its_own_state(trained, synthetic, tmp_path, capsys):
+    folder6 = tmp_path / "6"
+    folder6.mkdir()
+    state = torch.load(trained / "1-EEEA-Net-C2" / "model1-last.pth", map_location="cpu", weights_only=True)
+    state["prefix"] = "modeld1"
+    torch.save(state, folder6 / "modeld1-last.pth")
+    argv = data_flags(synthetic) + TINY + ["--output-dir", str(folder6), "--teacher", "2", "--teacher-checkpoint",
+                                           str(trained / "1-EEEA-Net-C2" / "model1.pth"),
+                                           "--resume", str(folder6 / "modeld1-last.pth")]
+    assert run_main(distill.main, argv) == 2
+    one_line_error(capsys, "is the state of modeld1, not of modeld2")
+    assert not (folder6 / "modeld2.pth").exists()
+
+
+def test_student_init_trained_on_test_patients_is_refused(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    swapped = write_split(tmp_path / "swapped", test, val, train, labels)
+    model1 = trained / "1-EEEA-Net-C2" / "model1.pth"
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
+            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(model1), "--student-init", str(model1)]
+    assert run_main(distill.main, argv) == 2
+    # The teacher is checked first; both are model1, trained on the swapped split's test patients.
+    one_line_error(capsys, "was trained on", "test part")
+    from common.identity import check_unseen_patients
+    from common.checkpoint import load_checkpoint
+    split = build_split(str(swapped))
+    with pytest.raises(UserError, match="--student-init .* was trained on .* patients of the test part"):
+        check_unseen_patients(model1, load_checkpoint(model1),
+                              {"test part": (split.parts["test"].patient_ids, ("train", "val"))}, "--student-init")
+
+
+def test_comparison_refuses_a_model_trained_on_other_image_files(trained, synthetic, tmp_path):
+    copy = tmp_path / "images"
+    shutil.copytree(synthetic / "images", copy)
+    for path in sorted(copy.glob("*.png")):
+        path.write_bytes(path.read_bytes() + b"\0")  # a re-encoded copy: same names, other files
+    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("test",), workers=0)
+    present = [{"key": "model1", "path": trained / "1-EEEA-Net-C2" / "model1.pth"},
+               {"key": "modeld1", "path": tmp_path / "modeld1.pth"}]
+    configs = {"model1": {"data_dir": str(synthetic / "images")}, "modeld1": {"data_dir": str(copy)}}
+    args = type("Args", (), {"data_dir": None})()
+    with pytest.raises(UserError, match="their test images differ"):
+        compare.check_same_pixels(present, configs, data, args, ("test",))
+    configs["modeld1"]["data_dir"] = str(synthetic / "images")
+    compare.check_same_pixels(present, configs, data, args, ("test",))
