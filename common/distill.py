@@ -19,7 +19,7 @@ from .arguments import add_data_arguments, add_training_arguments, make_paths_ab
 from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_atomic
 from .constants import NUM_CLASSES, STUDENT_MODEL
 from .data import eval_resize
-from .engine import progress
+from .progress import progress
 from .errors import ArgumentParser, UserError, positive_float, unit_fraction
 from .layout import folder_model_path, output_dir_for, teachers_root
 from .losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for

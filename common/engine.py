@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import rng_state, save_atomic, seed_everything
 from .constants import CLASS_NAMES
@@ -26,17 +25,11 @@ from .errors import UserError
 from .losses import LabelLoss
 from .metrics import choose_thresholds, mean_auroc, per_class_auroc
 from .plots import plot_training_curves
+from .progress import progress
 from .run_log import TrainingLog
 
 # Reading the loss (.item()) waits for the GPU; doing it every few steps keeps the device queue full.
 LOG_EVERY = 10
-
-
-def progress(iterable, desc: str, **kwargs):
-    """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30,
-                **kwargs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -19,6 +19,8 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (accuracy_score, auc, confusion_matrix, f1_score, precision_recall_curve, roc_auc_score,
                              roc_curve)
 
+from .progress import progress
+
 BINARY_METRICS = ("f1", "accuracy", "sensitivity", "specificity")
 
 
@@ -251,7 +253,8 @@ def _bootstrap_class_aurocs(labels, score_list, patient_ids, n_boot, seed):
     labels_float = labels.astype(np.float64)
     rng = np.random.default_rng(seed)
     result = np.full((n_boot, len(score_list), num_classes), np.nan)
-    for b in range(n_boot):
+    # A full-size bootstrap takes most of a minute per model: show it moving.
+    for b in progress(range(n_boot), "patient bootstrap", unit="resample", disable=n_boot * num_images < 2_000_000):
         counts = np.bincount(rng.integers(0, n_patients, size=n_patients), minlength=n_patients)
         weights = counts[inverse].astype(np.float64)
         positive_weight = weights @ labels_float
