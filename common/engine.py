@@ -194,8 +194,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
-LOG_COLUMNS = ("epoch", "train_loss", "train_hard_loss", "train_kd_loss", "val_mean_auroc", "best_val_mean_auroc",
-               "lr", "img_per_s", "epoch_seconds")
+# The distillation terms come last, so that the columns of earlier logs keep their places.
+LOG_COLUMNS = ("epoch", "train_loss", "val_mean_auroc", "best_val_mean_auroc", "lr", "img_per_s", "epoch_seconds",
+               "train_hard_loss", "train_kd_loss")
 
 
 @dataclass(frozen=True)
