@@ -14,7 +14,7 @@ from common.models import (ModelInfo, create_model, load_pretrained, model_folde
 from common.models.converters import rename_keys
 from common.profile import para_test_main
 
-COMMANDS = ("training", "evaluation", "distill", "compare")
+COMMANDS = ("training", "evaluation", "distill", "compare", "predict")
 PACKAGE = Path(common.__file__).parent
 
 

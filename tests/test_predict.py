@@ -14,7 +14,9 @@ from common import predict
 from common.checkpoint import load_model_from_checkpoint
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from common.errors import UserError, run_main
+from common.data import build_transform, load_png
 from common.models import create_model
+from conftest import make_image_dependent
 
 REAL = Path(__file__).parent / "data" / "images"
 GREY = REAL / "00000001_000.png"     # 512 x 512 L
@@ -26,6 +28,10 @@ SIZE = 64
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("eeea_c2", img_size=SIZE)
+    # Probabilities that depend on the image: a fresh EEEA-Net-C2 gives the same ones for every input.
+    transform = build_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD, train=False)
+    assert make_image_dependent(model, torch.stack([transform(load_png(p)) for p in sorted(REAL.glob("*.png"))])) \
+        > 1e-3
     path = tmp_path_factory.mktemp("ckpt") / "model1.pth"
     torch.save({"model": model.state_dict(), "model_name": "eeea_c2", "num_classes": 14, "img_size": SIZE,
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "class_names": list(CLASS_NAMES)}, path)

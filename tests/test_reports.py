@@ -15,12 +15,13 @@ from sklearn.metrics import roc_auc_score
 
 from common import compare, evaluation, training
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
-from common.data import build_split
+from common.data import build_split, build_transform, load_png
 from common.errors import run_main
 from common.localization import read_bbox_list
 from common.models import create_model
 from common.predict import predictions_csv
 from common.profile import para_test_main
+from conftest import make_image_dependent
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "data" / "images"
@@ -141,8 +142,12 @@ def test_para_test_prints_the_onnxruntime_latency_last(capsys, one_thread):
 # predict.py as a user runs it
 # --------------------------------------------------------------------------------------------------------------------
 def _random_checkpoint(path, size=64):
+    """A random-weight EEEA-Net-C2 whose probabilities depend on the image (else every comparison is of constants)."""
     torch.manual_seed(0)
     model = create_model("eeea_c2", img_size=size)
+    transform = build_transform(size, IMAGENET_MEAN, IMAGENET_STD, train=False)
+    assert make_image_dependent(model, torch.stack([transform(load_png(p)) for p in sorted(REAL.glob("*.png"))])) \
+        > 1e-3
     torch.save({"model": model.state_dict(), "model_name": "eeea_c2", "num_classes": 14, "img_size": size,
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "class_names": list(CLASS_NAMES)}, path)
     return path
