@@ -298,7 +298,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
             continue
         size = ("— (predictions file)", "—") if row["params"] is None else \
             (f"{row['params'] / 1e6:.2f}M", f"{row['macs'] / 1e9:.2f}G @{row['img_size']}")
-        lines.append(f"| {row['label']} | {Path(row['file']).name} | {size[0]} | {size[1]} | {_fmt(row['mean_auroc'])} | "
+        lines.append(f"| {row['label']} | {Path(row['file']).name} | {size[0]} | {size[1]} | "
+                     f"{_fmt(row['mean_auroc'])} | "
                      f"{_fmt(row['mean_f1@0.5'])} | {_fmt(row['accuracy@0.5'])} | {_fmt(row['mean_f1@val'])} | "
                      f"{_fmt(row['accuracy@val'])} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",

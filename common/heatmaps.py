@@ -99,7 +99,8 @@ def localization_report(result, data: SplitData, bbox_rows: Sequence[BBoxRow], b
 
     Returns:
         ``{"bbox_file", "boxes_in_file", "images_in_file", "boxes_scored", "images_scored", "pairs_scored",
-        "empty_maps", "heatmap_thresholds", "threshold_choice", "scores"}`` with ``scores`` from :func:`common.localization.localization_scores`.
+        "empty_maps", "heatmap_thresholds", "threshold_choice", "scores"}`` with ``scores`` from
+        :func:`common.localization.localization_scores`.
 
     Raises:
         UserError: no box of the file is on an image of the evaluated part.
