@@ -13,10 +13,16 @@ The numbered folders of the repository are thin entry points over this package. 
 - :mod:`common.split_data`, :mod:`common.arguments`, :mod:`common.layout`, :mod:`common.run_setup`,
   :mod:`common.scoring`     what the commands share: a split's loaders, flag groups, where folders keep their
                             models, the setup of a training run, scoring a checkpoint
+- :mod:`common.explain`, :mod:`common.localization`, :mod:`common.heatmaps`  Grad-CAM maps and figures, Wang et
+                            al.'s localisation protocol on NIH-format boxes, and both applied to a scored checkpoint
+- :mod:`common.subgroups`, :mod:`common.external`  AUROC by sex / age / view and calibration; scoring a CSV of
+                            another model's predictions
+- :mod:`common.images`, :mod:`common.onnx_export`  torch-free image conversion, ONNX export and the onnxruntime
+                            predictor
 - the commands, side by side (none imports another): :mod:`common.training` (folders 1-5 ``train-model.py``),
   :mod:`common.evaluation` (``test-model.py``), :mod:`common.distill` (folder 6 ``train-model.py``),
-  :mod:`common.compare` (folder 6 ``test-model.py``), :mod:`common.profile` (``para-test-*.py``) and
-  :mod:`common.demo` (``python -m common.demo``)
+  :mod:`common.compare` (folder 6 ``test-model.py``), :mod:`common.predict` (``predict.py`` of folders 1-6),
+  :mod:`common.profile` (``para-test-*.py``) and :mod:`common.demo` (``python -m common.demo``)
 
 Each command is ``main(argv, *, model=..., index=..., folder=...)`` (folder 6: ``main(argv, *, folder=...)``) and
 is run by a script through :func:`common.errors.run_main`.

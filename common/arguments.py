@@ -76,6 +76,23 @@ def add_evaluation_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--no-amp", action="store_true", help="evaluate in fp32 on CUDA too")
     parser.add_argument("--n-boot", type=positive_int, default=1000,
                         help="patient-level bootstrap resamples for the 95%% intervals (default 1000)")
+    parser.add_argument("--subgroup-boot", type=positive_int, default=200,
+                        help="patient-level bootstrap resamples for the intervals of the subgroup AUROCs (by sex, "
+                             "age band, view; default 200)")
+    parser.add_argument("--demographics", default=None, metavar="DATA_ENTRY_CSV",
+                        help="Data_Entry file giving sex, age and view for the subgroups (default: the split's label "
+                             "file, or the Data_Entry*.csv beside a folder split)")
+
+
+def add_localization_arguments(parser: ArgumentParser) -> None:
+    """``--localization`` and ``--bbox-file``: scoring Grad-CAM heatmaps against NIH-format boxes."""
+    group = parser.add_argument_group("localisation (Wang et al. 2017 protocol)")
+    group.add_argument("--localization", action="store_true",
+                       help="score Grad-CAM heatmaps against the boxes of the test images: Acc. and AFP per class "
+                            "at T(IoBB) 0.1-0.9 and T(IoU) 0.1-0.5, beside Wang et al.'s published row")
+    group.add_argument("--bbox-file", default=None, metavar="CSV",
+                       help="box list in the BBox_List_2017.csv layout (default: the packaged NIH list, 984 boxes; "
+                            "the synthetic set writes BBox_List_synthetic.csv); also the boxes drawn by --cam")
 
 
 # Flags a resumed run takes from its -last.pth when they are not typed again (the run's own settings).

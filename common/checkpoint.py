@@ -9,11 +9,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import UserError
-from .models import create_model
 from .run_folder import filesystem_errors
+
+# torch (and the model registry, which needs it) are imported in the functions that use them: the atomic writers
+# also serve predict.py --onnx, which must run on a device without torch.
 
 
 def _open_temporary(handle: int, mode: str):
@@ -51,6 +52,8 @@ def _write_atomic(path: str | os.PathLike, write_fn, mode: str = "wb") -> None:
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_write_atomic`); raises :class:`UserError` on a
     file-system failure, leaving the previous file unchanged."""
+    import torch
+
     _write_atomic(path, lambda stream: torch.save(obj, stream), "wb")
 
 
@@ -82,6 +85,8 @@ def save_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -108,6 +113,8 @@ def git_commit(directory: str | os.PathLike | None = None) -> str:
 
 def rng_state() -> dict:
     """The state of every random generator a training run uses."""
+    import torch
+
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state_to_tensors(np.random.get_state()),
@@ -120,6 +127,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` saved."""
+    import torch
+
     random.setstate(_as_python_state(state["python"]))
     np.random.set_state(_as_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
@@ -135,6 +144,8 @@ def _as_python_state(state):
 
 def _numpy_state_to_tensors(state) -> dict:
     # Plain tensors and numbers keep the checkpoint loadable with torch.load(weights_only=True).
+    import torch
+
     kind, keys, position, has_gauss, cached = state
     return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
             "has_gauss": int(has_gauss), "cached": float(cached)}
@@ -147,6 +158,8 @@ def _as_numpy_state(state: dict):
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -158,6 +171,8 @@ def load_model_from_checkpoint(path: str | os.PathLike, expected_model: str | No
     A checkpoint of another architecture than ``expected_model`` (when given), or weights that do not fit the
     recorded class count, is a :class:`UserError` naming the file.
     """
+    from .models import create_model
+
     checkpoint = load_checkpoint(path)
     if expected_model is not None and checkpoint["model_name"] != expected_model:
         raise UserError(f"{path} holds a {checkpoint['model_name']} model, not {expected_model}")

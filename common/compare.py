@@ -1,7 +1,10 @@
 """Folder 6 ``test-model.py``: every model before and after distillation, on one test split.
 
 Writes ``comparison.md``, ``comparison.csv``, ``comparison-per-class.csv``, ``comparison-bootstrap.csv``,
-``comparison.json`` and the bar chart ``comparison-auroc.png`` into the output folder.
+``comparison.json`` and the bar chart ``comparison-auroc.png`` into the output folder. Besides the AUROC, F1 and
+accuracy, each teacher sits beside its student on the AUROC by view position, the calibration (mean ECE, Brier) and,
+with ``--localization``, the localisation accuracy on the NIH boxes. ``--baseline NAME=FILE.csv`` adds another
+model's published predictions as a row scored on the same test images.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import io
 import json
 from pathlib import Path
 
-from .arguments import add_evaluation_arguments, make_paths_absolute
+from .arguments import add_evaluation_arguments, add_localization_arguments, make_paths_absolute
 from .checkpoint import load_checkpoint, write_text_atomic
 from .constants import CLASS_NAMES, STUDENT_MODEL
 from .errors import ArgumentParser, UserError, positive_int
@@ -19,7 +22,8 @@ from .metrics import patient_bootstrap_auroc_diff
 from .models import model_folders, model_info
 from .plots import plot_before_after
 from .profile import count_parameters, macs
-from .scoring import evaluate_checkpoint, print_result
+from .heatmaps import json_ready, localization_report, localization_text, mean_localization_accuracy, read_boxes
+from .scoring import demographics_for, evaluate_checkpoint, print_result, score_predictions_file
 from .data import index_images
 from .identity import data_identity
 from .split_data import split_data_for
@@ -33,7 +37,28 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--teachers-root", default=None,
                         help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
     parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=FILE.csv",
+                        help="add another model's per-image probabilities (Image Index,prob_<Class>,...) as a row "
+                             "scored on the same test images (repeatable)")
+    add_localization_arguments(parser)
     return parser
+
+
+def baseline_entries(flags) -> list[dict]:
+    """``--baseline NAME=FILE.csv`` flags -> entries of external rows (the file must exist; names must differ)."""
+    entries = []
+    for flag in flags:
+        name, sep, path = flag.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise UserError(f"--baseline {flag!r}: expected NAME=FILE.csv")
+        if not Path(path).is_file():
+            raise UserError(f"--baseline {name}: predictions file {path} does not exist")
+        if any(entry["label"] == name for entry in entries):
+            raise UserError(f"--baseline {name} is given twice")
+        entries.append({"key": f"external:{name}", "role": "external", "teacher": "", "label": name,
+                        "path": Path(path)})
+    return entries
 
 
 def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
@@ -63,6 +88,7 @@ def _fmt(value, digits=4):
 def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     """Evaluate every present model on the same test split and write the comparison files."""
     entries = model_entries(teachers_root, output_dir)
+    externals = baseline_entries(args.baseline)
     present = [e for e in entries if e["path"].is_file()]
     if not present:
         raise UserError(f"no models found: expected model1..5.pth under {teachers_root}/<K-folder>/ and "
@@ -72,19 +98,37 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     parts = ("test", "val") if args.tencrop else ("test",)
     data = split_data_for(reference, args, parts=parts)
     check_same_pixels(present, configs, data, args, parts)
+    # One read of the Data_Entry file and the box list for every model: the same images, the same subgroups.
+    demographics, note = demographics_for(data.split, args.demographics)
+    boxes = read_boxes(args.bbox_file) if args.localization else None
     results = {}
     for entry in entries:
         if not entry["path"].is_file():
             print(f"== {entry['key']}: missing ({entry['path']}) ==")
             continue
         print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
-        result = evaluate_checkpoint(entry["path"], None, data, args)
+        result = evaluate_checkpoint(entry["path"], None, data, args, demographics=demographics)
+        if note:
+            result.report["subgroups"] = {"note": note}
         print_result(result)
         entry["params"] = count_parameters(result.model)
         entry["img_size"] = result.report["img_size"]
         entry["macs"] = macs(result.model, entry["img_size"])
+        if boxes is not None:
+            entry["localization"] = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size)
+            print(localization_text(result, entry["localization"]))
+            result.report["localization"] = json_ready(entry["localization"])
         result.model = None  # free it before the next model is loaded
         results[entry["key"]] = result
+    for entry in externals:
+        print(f"== {entry['label']} (predictions file): {entry['path']} ==")
+        result = score_predictions_file(entry["path"], data.split, args, name=entry["label"],
+                                        demographics=demographics)
+        if note:
+            result.report["subgroups"] = {"note": note}
+        print_result(result)
+        results[entry["key"]] = result
+    entries = entries + externals
     rows = [_row(entry, results.get(entry["key"])) for entry in entries]
     baseline = results.get(baseline_key())
     for row in rows:
@@ -146,6 +190,11 @@ def recipe_differences(student, baseline) -> str:
     return "; ".join(notes) if notes else "same recipe"
 
 
+def _view_auroc(report: dict, view: str):
+    """Mean AUROC on one view position's images, or None (no demographics, or fewer than two patients)."""
+    return report.get("subgroups", {}).get("view", {}).get(view, {}).get("mean_auroc")
+
+
 def _row(entry: dict, result) -> dict:
     row = {"model": entry["key"], "role": entry["role"], "teacher": entry["teacher"], "label": entry["label"],
            "file": str(entry["path"]), "status": "ok" if result else "missing"}
@@ -153,10 +202,17 @@ def _row(entry: dict, result) -> dict:
         report = result.report
         at_half = report["threshold_0.5"]["macro"]
         at_val = report.get("threshold_val_max_f1", {}).get("macro", {})
-        row.update({"params": entry["params"], "macs": entry["macs"], "img_size": entry["img_size"],
+        calibration = report.get("calibration", {})
+        loc = entry.get("localization")
+        row.update({"params": entry.get("params"), "macs": entry.get("macs"), "img_size": entry.get("img_size"),
                     "mean_auroc": report["mean_auroc"], "mean_f1@0.5": at_half["f1"],
                     "accuracy@0.5": at_half["accuracy"], "mean_f1@val": at_val.get("f1"),
-                    "accuracy@val": at_val.get("accuracy")})
+                    "accuracy@val": at_val.get("accuracy"),
+                    "auroc_PA": _view_auroc(report, "PA"), "auroc_AP": _view_auroc(report, "AP"),
+                    "mean_ece": calibration.get("mean_ece"), "mean_brier": calibration.get("mean_brier"),
+                    "loc_acc_iobb0.1": mean_localization_accuracy(loc, "iobb", 0.1),
+                    "loc_acc_iobb0.5": mean_localization_accuracy(loc, "iobb", 0.5),
+                    "loc_boxes": loc["boxes_scored"] if loc else None})
     return row
 
 
@@ -178,6 +234,43 @@ def _bootstrap(entries, results, n_boot: int) -> list[dict]:
             row["status"] = "ok"
         rows.append(row)
     return rows
+
+
+def _pair_cell(teacher: dict | None, student: dict, key: str, digits: int = 3) -> str:
+    """``teacher / student`` of one column; "missing" for an absent model, "n/a" for a value not computed."""
+    def one(row):
+        if row is None:
+            return "—"
+        if row["status"] != "ok":
+            return "missing"
+        return "n/a" if row.get(key) is None else f"{row[key]:.{digits}f}"
+    return f"{one(teacher)} / {one(student)}"
+
+
+def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
+    """Markdown: each teacher and its student on the AUROC by view, calibration and (when scored) localisation."""
+    columns = [("auroc_PA", "AUROC PA"), ("auroc_AP", "AUROC AP"), ("mean_ece", "mean ECE"),
+               ("mean_brier", "mean Brier")]
+    if with_localization:
+        columns += [("loc_acc_iobb0.1", "loc. Acc IoBB>0.1"), ("loc_acc_iobb0.5", "loc. Acc IoBB>0.5")]
+    lines = ["", "## Subgroups, calibration and localisation: teacher / student", "",
+             "| teacher | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for index in list(model_folders()) + ["ensemble"]:
+        student = by_key[f"modeld{index}" if index != "ensemble" else "modeld-ensemble"]
+        teacher = None if index == "ensemble" else by_key[f"model{index}"]
+        label = "ensemble (several teachers)" if teacher is None else teacher["label"]
+        lines.append(f"| {label} | " + " | ".join(_pair_cell(teacher, student, key) for key, _ in columns) + " |")
+    for row in by_key.values():
+        if row["role"] == "external":
+            # An external model has no teacher: its one value per column.
+            lines.append(f"| {row['label']} (predictions file) | "
+                         + " | ".join(_pair_cell(None, row, key).split(" / ")[1] for key, _ in columns) + " |")
+    lines += ["", "AUROC PA / AP: mean AUROC on the posteroanterior / anteroposterior images only (views from the "
+              "Data_Entry file; n/a without one). ECE: 15 equal-width bins, mean over the 14 classes; Brier: mean "
+              "squared error of the probabilities. Localisation: mean over the boxed classes of Wang et al.'s Acc. "
+              "(Grad-CAM, heatmap thresholds 60/180); per-class tables are in the printed output and comparison.json."]
+    return lines
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -203,8 +296,10 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
         if row["status"] != "ok":
             lines.append(f"| {row['label']} | {Path(row['file']).name} | missing | | | | | | |")
             continue
-        lines.append(f"| {row['label']} | {Path(row['file']).name} | {row['params'] / 1e6:.2f}M | "
-                     f"{row['macs'] / 1e9:.2f}G @{row['img_size']} | {_fmt(row['mean_auroc'])} | "
+        size = ("— (predictions file)", "—") if row["params"] is None else \
+            (f"{row['params'] / 1e6:.2f}M", f"{row['macs'] / 1e9:.2f}G @{row['img_size']}")
+        lines.append(f"| {row['label']} | {Path(row['file']).name} | {size[0]} | {size[1]} | "
+                     f"{_fmt(row['mean_auroc'])} | "
                      f"{_fmt(row['mean_f1@0.5'])} | {_fmt(row['accuracy@0.5'])} | {_fmt(row['mean_f1@val'])} | "
                      f"{_fmt(row['accuracy@val'])} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
@@ -227,6 +322,7 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
         recipe = by_key[student_key].get("recipe_vs_baseline", "")
         lines.append(f"| {label} | {teacher_cell} | {_fmt(student_auroc)} | {gap} | {ci} | {recipe} |")
         chart_rows.append({"label": label, "teacher": teacher_auroc, "student": student_auroc})
+    lines += _side_by_side(by_key, any(row.get("loc_boxes") for row in rows))
     lines += ["", "## Per-class test AUROC", "",
               "| class | " + " | ".join(r["model"] for r in rows if r["status"] == "ok") + " |",
               "|---|" + "---|" * sum(r["status"] == "ok" for r in rows)]
@@ -254,8 +350,11 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
     write_text_atomic(_csv_text(per_class), paths[2])
     write_text_atomic(_csv_text(bootstrap), paths[3])
     identities = {key: result.report["identity"] for key, result in results.items()}
+    details = {key: {part: result.report[part] for part in ("subgroups", "calibration", "localization")
+                     if part in result.report} for key, result in results.items()}
     write_text_atomic(json.dumps({"split": split_text, "labels": labels, "crop": crop, "models": rows,
-                                  "bootstrap": bootstrap, "identities": identities}, indent=2, default=str), paths[4])
+                                  "bootstrap": bootstrap, "identities": identities, "details": details},
+                                 indent=2, default=str), paths[4])
     plot_before_after(chart_rows, baseline, paths[5],
                       f"Test mean AUROC before and after distillation ({split_text.split(' (')[0]}, {labels})")
     return paths

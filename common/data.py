@@ -23,6 +23,7 @@ from torchvision import transforms
 
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .errors import UserError
+from .images import to_grayscale  # noqa: F401  (torch-free for the ONNX predictor; re-exported)
 
 LABEL_VERSIONS = ("2017", "v2020")
 NAMED_SPLITS = ("official", "arnoweng")
@@ -362,26 +363,6 @@ def require_images(index: dict[str, Path], names: list[str], data_dir, workers: 
     if unreadable:
         raise UserError(f"{len(unreadable)} image(s) under {data_dir} are unreadable or not PNG files "
                         f"(first: {', '.join(str(index[n]) for n in unreadable[:3])})")
-
-
-def to_grayscale(image: Image.Image) -> Image.Image:
-    """Convert any NIH PNG (8-bit L, 16-bit I;16/I, RGB, RGBA, LA, P) to 8-bit grayscale ``L``.
-
-    16-bit images are stretched from their own [min, max] range to 0..255 (a 12-bit image stays visible).
-    """
-    if image.mode == "L":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit containers often hold 10-, 12- or 14-bit data: dividing by 65535 would leave a 12-bit X-ray
-        # nearly black. Stretch the values the image really uses, [min, max], to 0..255.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA"):
-        # The few RGBA NIH files are opaque grey images; drop alpha before taking the luminance.
-        image = image.convert("RGB")
-    return image.convert("L")
 
 
 def load_png(path: Path) -> Image.Image:

@@ -1,7 +1,8 @@
 """The whole story on the embedded synthetic sample, on a CPU in minutes: ``python -m common.demo``.
 
 Generates a synthetic CXR8-format data set, trains folders 1-5 briefly, tests them, distils each teacher and the
-ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Everything
+ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Each
+test writes a Grad-CAM sheet and prints the localisation table on the synthetic box list. Everything
 goes under ``--output-dir`` (default ``demo-run/``), laid out like the repository's numbered folders, so the real
 folders' checkpoints are never touched.
 """
@@ -15,8 +16,12 @@ from . import compare, distill, evaluation, training
 from .constants import DISTILL_FOLDER
 from .errors import ArgumentParser, non_negative_int, positive_int, run_main
 from .models import model_folders
-from .synthetic import generate_synthetic_cxr8
+from .data import read_labelled_list
+from .localization import read_bbox_list
+from .synthetic import BBOX_NAME, generate_synthetic_cxr8
 
+# Grad-CAM sheet of each test: the CAM_K most probable test images per class.
+CAM_K = 2
 # Demo schedule per folder: epochs at the demo's small input size. The transformers are the slowest on a CPU.
 DEMO_EPOCHS = {1: 6, 2: 5, 3: 6, 4: 4, 5: 3}
 DISTILL_EPOCHS = 6
@@ -55,6 +60,16 @@ def main(argv=None) -> int:
         print(f"generating the synthetic CXR8 sample in {data_dir}")
         generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed)
     folders = [int(k) for k in args.folders.split(",") if k.strip()]
+    # The synthetic generator boxes its drawn findings like the NIH list; the split of the demo (labels/) is another
+    # partition than the boxed test list, so the tables say how many of the boxes fall on its test images.
+    boxed = {row.image for row in read_bbox_list(data_dir / BBOX_NAME)}
+    tested = set(read_labelled_list(data_dir / "labels" / "test_list.txt")[0])
+    # --bbox-file also for the sheets: the boxes drawn on them must be the synthetic ones, not NIH boxes of images
+    # that happen to share a synthetic image's name.
+    localization = ["--bbox-file", str(data_dir / BBOX_NAME)] + (["--localization"] if boxed & tested else [])
+    if not boxed & tested:
+        # A very small set can leave no boxed image in the demo's test part; say so rather than fail the demo.
+        print(f"no image of {BBOX_NAME} is in the demo's test part: the localisation tables are left out")
     summary = {}
     for index in folders:
         folder, model_name = model_folders()[index]
@@ -63,8 +78,8 @@ def main(argv=None) -> int:
         training.main(_common_flags(data_dir, args) + _train_flags(args, DEMO_EPOCHS[index]),
                       model=model_name, index=index, folder=out)
         print(f"\n===== {folder}: testing model{index}.pth =====")
-        evaluation.main(["--workers", str(args.workers), "--device", "cpu"],
-                        model=model_name, index=index, folder=out)
+        evaluation.main(["--workers", str(args.workers), "--device", "cpu", "--cam", str(CAM_K),
+                         *localization], model=model_name, index=index, folder=out)
         report = json.loads((out / f"model{index}-test.json").read_text())
         summary[f"model{index}"] = report["mean_auroc"]
     student_dir = root / DISTILL_FOLDER
@@ -75,11 +90,13 @@ def main(argv=None) -> int:
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
         print("\n===== 6: before / after comparison =====")
-        compare.main(["--workers", str(args.workers), "--device", "cpu"], folder=student_dir)
+        compare.main(["--workers", str(args.workers), "--device", "cpu", *localization],
+                     folder=student_dir)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
-    print(f"results: {root}/<folder>/modelK-test.json, {student_dir}/comparison.md and comparison-auroc.png")
+    print(f"results: {root}/<folder>/modelK-test.json, modelK-test-cam-sheet.png, modelK-test-localization.txt, "
+          f"{student_dir}/comparison.md and comparison-auroc.png")
     return 0
 
 

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import write_text_atomic
-from .constants import CLASS_NAMES
-from .data import to_grayscale
+from .checkpoint import load_model_from_checkpoint, write_text_atomic
+from .constants import CLASS_NAMES, DISTILL_FOLDER
+from .images import to_grayscale
 from .errors import ArgumentParser, UserError, positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -109,8 +109,8 @@ def _read_dicom(path: Path) -> Image.Image:
 def read_image_any(path: str | os.PathLike) -> Image.Image:
     """Open a PNG (8-bit, 16-bit, RGB/RGBA), JPEG or DICOM file as an 8-bit grayscale ('L') PIL image.
 
-    PNG and JPEG go through ``common.data.to_grayscale`` (16-bit: ``value // 257``; alpha dropped). DICOM: see
-    :func:`dicom_to_uint8`. Any problem is a :class:`UserError` naming the file.
+    PNG and JPEG go through ``common.images.to_grayscale`` (16-bit: its own [min, max] stretched to 0..255; alpha
+    dropped). DICOM: see :func:`dicom_to_uint8`. Any problem is a :class:`UserError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -228,27 +228,6 @@ def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequen
     return "\n".join(lines) + "\n"
 
 
-# integrate: replace with the shared checkpoint loader once the refactor of common/evaluation.py has landed.
-def load_checkpoint_model(path: str | os.PathLike, expected_model: str | None = None):
-    """Rebuild a project checkpoint's model and load its weights strictly; returns ``(checkpoint, model)``."""
-    from .checkpoint import load_checkpoint
-    from .models import create_model
-
-    checkpoint = load_checkpoint(path)
-    if expected_model is not None and checkpoint["model_name"] != expected_model:
-        raise UserError(f"{path} holds a {checkpoint['model_name']} model, not {expected_model}")
-    model = create_model(checkpoint["model_name"], num_classes=checkpoint["num_classes"],
-                         img_size=checkpoint["img_size"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        details = " ".join(str(err).split())
-        raise UserError(f"{path} does not fit a {checkpoint['num_classes']}-class {checkpoint['model_name']}: "
-                        f"{details[:300]}") from None
-    model.eval()
-    return checkpoint, model
-
-
 def write_prediction_cams(out_dir: Path, model, model_name: str, meta: dict, paths: Sequence[Path],
                           probs: np.ndarray, top: int = 1, class_names: Sequence[str] = CLASS_NAMES) -> list[Path]:
     """Grad-CAM overlays of each image's ``top`` most probable classes, on the evaluation crop the model saw."""
@@ -272,21 +251,38 @@ def write_prediction_cams(out_dir: Path, model, model_name: str, meta: dict, pat
     return written
 
 
-def main(argv=None, *, model_name: str, index: int, folder: str | os.PathLike) -> int:
-    """``predict.py`` of numbered folder ``index``: probabilities for the user's images, optionally Grad-CAM overlays
-    and an ONNX export.
+# Folder 6 predicts with a student. The one distilled from the ensemble of all five teachers is its default: it is the
+# recipe the folder exists for, and it does not single out one teacher; --checkpoint picks any other.
+DISTILL_DEFAULT_CHECKPOINT = "modeld-ensemble.pth"
+
+
+def default_checkpoint(index: int, folder: Path) -> Path:
+    """``model<index>.pth`` of a model folder, or :data:`DISTILL_DEFAULT_CHECKPOINT` in the distillation folder."""
+    if folder.name == DISTILL_FOLDER:
+        return folder / DISTILL_DEFAULT_CHECKPOINT
+    return folder / f"model{index}.pth"
+
+
+def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int:
+    """``predict.py`` of numbered folder ``index`` (a ``model`` network): probabilities for the user's images,
+    optionally Grad-CAM overlays and an ONNX export.
+
+    The checkpoint is ``--checkpoint`` or else the folder's own (:func:`default_checkpoint`; folder 6:
+    ``modeld-ensemble.pth``).
 
     Exit status: 0, or 1 when some images could not be read (their warnings are on stderr; the others are in the
     CSV). Problems with the flags or the checkpoint are :class:`UserError` (the caller's ``run_main`` prints one line
     and returns 2).
     """
     folder = Path(folder)
+    model_name = model
+    default = default_checkpoint(index, folder)
     parser = ArgumentParser(prog="predict.py",
                             description=f"Predict the 14 ChestX-ray14 findings with {model_name} on PNG, JPEG or "
                                         "DICOM images (files or folders).")
     parser.add_argument("images", nargs="*", help="image files or folders (searched recursively)")
-    parser.add_argument("--checkpoint", default=str(folder / f"model{index}.pth"),
-                        help=f"checkpoint (default: model{index}.pth of this folder)")
+    parser.add_argument("--checkpoint", default=str(default),
+                        help=f"checkpoint (default: {default.name} of this folder)")
     parser.add_argument("--onnx", default=None, metavar="FILE",
                         help="predict with this exported ONNX file (onnxruntime) instead of the checkpoint")
     parser.add_argument("--output", default="predictions.csv", metavar="CSV",
@@ -308,7 +304,8 @@ def main(argv=None, *, model_name: str, index: int, folder: str | os.PathLike) -
         from .onnx_export import OnnxPredictor
         predictor, meta = OnnxPredictor(args.onnx), {}
     else:
-        checkpoint, model = load_checkpoint_model(args.checkpoint, expected_model=model_name)
+        checkpoint, model = load_model_from_checkpoint(args.checkpoint, expected_model=model_name)
+        model.eval()
         predictor = model
         meta = {"img_size": checkpoint["img_size"], "mean": checkpoint["mean"], "std": checkpoint["std"]}
     if args.export_onnx:

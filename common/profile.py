@@ -16,6 +16,7 @@ import copy
 import io
 import statistics
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 import thop
@@ -158,7 +159,8 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
 
     First the original repository's lines, counted like it did (batch 1, thop, with the head size it used:
     ``model_info(model_name).original_count_classes``), then the 14-class figures where the original counted a
-    1000-class head, MACs at ``--img-size`` and at the native resolution, and the median latency of one image.
+    1000-class head, MACs at ``--img-size`` and at the native resolution, the median latency of one image, and last
+    onnxruntime's CPU latency of the same model exported to a temporary ONNX file.
     Random weights are used; nothing is downloaded. Run through :func:`common.errors.run_main`, e.g.
     ``sys.exit(run_main(functools.partial(para_test_main, model_name="chexnet")))``.
     """
@@ -217,3 +219,31 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
         latency = median_latency_ms(model, size, device, repeats=args.repeats, warmup=min(3, args.repeats))
         print(f"Median latency of one {size}x{size} image on {device} ({NUM_CLASSES}-class head, "
               f"median of {args.repeats} runs): {latency:.2f} ms")
+    latency = onnx_latency_ms(model, size, repeats=args.repeats, warmup=min(3, args.repeats))
+    print(f"Median latency of one {size}x{size} image with onnxruntime on cpu ({NUM_CLASSES}-class head, "
+          f"exported ONNX, median of {args.repeats} runs): {latency:.2f} ms")
+
+
+def onnx_latency_ms(model: nn.Module, img_size: int, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time in milliseconds of onnxruntime (CPU) on one image, for ``model`` exported to a temporary
+    ONNX file (:func:`common.onnx_export.export_onnx`, sigmoid included); the file is removed afterwards."""
+    import tempfile
+
+    import numpy as np
+
+    from common.onnx_export import OnnxPredictor, export_onnx
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    probe = copy.deepcopy(model).cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="para-test-onnx-") as folder:
+        path = export_onnx(probe, img_size, Path(folder) / "model.onnx")
+        predictor = OnnxPredictor(path)
+        image = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
+        times = []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            predictor.predict_array(image)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)

@@ -18,10 +18,14 @@ from .constants import CLASS_NAMES, NUM_CLASSES
 from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import UserError
 from .identity import check_unseen_patients, data_identity, file_sha256, precision_name, run_identity, split_identity
+from .data import LABEL_VERSIONS, Split, SplitPart, build_split
+from .external import read_predictions_csv
 from .metrics import (choose_thresholds, evaluation_report, format_auroc_lines, format_metrics_table,
                       patient_bootstrap_auroc_ci)
 from .plots import plot_roc_curves
 from .split_data import SplitData, eval_transform_for, split_data_for
+from .subgroups import AGE_BANDS, SEXES, VIEWS, Demographics, calibration, plot_reliability, read_demographics, \
+    subgroup_aurocs
 
 
 @dataclass
@@ -35,7 +39,8 @@ class TestResult:
     targets: np.ndarray
     names: list
     patient_ids: np.ndarray
-    model: object = None        # the evaluated model (for parameter and MAC counts)
+    model: object = None        # the evaluated model (for parameter and MAC counts, Grad-CAM)
+    meta: dict | None = None    # the checkpoint's model_name, img_size, mean and std (to rebuild the input view)
 
 
 THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patients of the training pool; on the "
@@ -44,12 +49,14 @@ THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patien
 
 
 def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None, args,
-                        part: str = "test") -> TestResult:
+                        part: str = "test", demographics: Demographics | None = None) -> TestResult:
     """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores.
 
     A split other than the checkpoint's own is allowed only when none of its ``part`` patients was trained or
     selected on (checked by patients). With ``--tencrop`` the validation thresholds are chosen again on ten-crop
-    validation probabilities, the view they are applied to.
+    validation probabilities, the view they are applied to. The report always adds the subgroup AUROCs and the
+    calibration (:func:`add_subgroups_and_calibration`); ``demographics`` saves re-reading the Data_Entry file when
+    several checkpoints are scored on one split (default: :func:`demographics_for`).
     """
     checkpoint, model = load_model_from_checkpoint(checkpoint_path, expected_model)
     if checkpoint["num_classes"] != NUM_CLASSES:
@@ -100,8 +107,138 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         "threshold_view": threshold_view, "threshold_note": THRESHOLD_TRANSFER_NOTE,
         "leakage_check": leakage, "identity": identity,
     })
+    if demographics is None:
+        demographics, note = demographics_for(data.split, getattr(args, "demographics", None))
+    else:
+        note = None
+    add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
+                                  getattr(args, "subgroup_boot", 200), note)
+    meta = {"model_name": checkpoint["model_name"], "img_size": checkpoint["img_size"], "mean": checkpoint["mean"],
+            "std": checkpoint["std"]}
     return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
-                      part_data.patient_ids, model)
+                      part_data.patient_ids, model, meta)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Subgroups and calibration
+# --------------------------------------------------------------------------------------------------------------------
+ECE_BINS = 15
+
+
+def demographics_for(split: Split, demographics_flag: str | None) -> tuple[Demographics | None, str | None]:
+    """The sex, age and view of the split's images, and a note when there are none.
+
+    Where they come from, first match: ``--demographics FILE``; the split's Data_Entry label file (``v2020``,
+    ``2017`` or a path); for ``arnoweng`` (inline 2017 labels) the packaged Data_Entry_2017; for a folder of
+    labelled lists, the one ``Data_Entry*.csv`` (or ``.csv.gz``) in that folder or its parent, where the NIH download
+    and the synthetic generator keep it. Without any, ``(None, note)``: the report says the subgroups were not
+    computed and why. Two candidate files are refused rather than one picked.
+    """
+    if demographics_flag:
+        return read_demographics(demographics_flag), None
+    source = split.label_source
+    if source in LABEL_VERSIONS or (source and source != "inline"):
+        return read_demographics(source), None
+    if split.name == "arnoweng":
+        return read_demographics("2017"), None
+    folder = Path(split.name)
+    for place in (folder, folder.parent):
+        found = sorted(set(place.glob("Data_Entry*.csv")) | set(place.glob("Data_Entry*.csv.gz")))
+        if len(found) > 1:
+            raise UserError(f"{place} holds {len(found)} Data_Entry files ({', '.join(p.name for p in found)}); "
+                            "pass --demographics FILE to say which gives sex, age and view")
+        if found:
+            return read_demographics(found[0]), None
+    return None, (f"no Data_Entry file beside the split lists in {folder}; pass --demographics FILE for the "
+                  "subgroup AUROCs")
+
+
+def add_subgroups_and_calibration(report: dict, targets, probs, names, patient_ids, demographics, n_boot: int,
+                                  note: str | None = None) -> None:
+    """Add ``report["subgroups"]`` (mean AUROC by sex, age band and view with patient-level intervals of ``n_boot``
+    resamples) and ``report["calibration"]`` (per-class ECE with :data:`ECE_BINS` bins, Brier, reliability curve).
+
+    ``n_boot`` is separate from the main interval's: nine groups each resampled costs about three whole-set
+    bootstraps per resample, so the default (``--subgroup-boot 200``) keeps the default test run near 1.6 times the
+    main bootstrap. Without ``demographics`` the subgroups are ``{"note": ...}``.
+    """
+    if demographics is None:
+        report["subgroups"] = {"note": note or "no demographics"}
+    else:
+        report["subgroups"] = {"source": demographics.source, "n_boot": int(n_boot), "resampling": "patients",
+                               **subgroup_aurocs(targets, probs, names, patient_ids, demographics, n_boot=n_boot,
+                                                 seed=0)}
+    report["calibration"] = calibration(targets, probs, n_bins=ECE_BINS)
+
+
+def format_subgroup_lines(report: dict) -> list[str]:
+    """Mean AUROC [95% interval] and image counts by sex, age band and view; then the mean ECE and Brier."""
+    subgroups = report.get("subgroups", {})
+    lines = []
+    if "note" in subgroups:
+        lines.append(f"Subgroups: not computed ({subgroups['note']})")
+    elif subgroups:
+        lines.append(f"Mean AUROC by subgroup (95% interval: patients resampled, {subgroups['n_boot']} times; "
+                     f"from {Path(subgroups['source']).name}):")
+        for grouping, groups in (("sex", SEXES), ("age", AGE_BANDS), ("view", VIEWS)):
+            cells = []
+            for group in groups:
+                entry = subgroups[grouping][group]
+                value = entry["mean_auroc"]
+                interval = (f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None
+                            else "")
+                cells.append(f"{group} {'n/a' if value is None else format(value, '.3f')}{interval} "
+                             f"(n={entry['n_images']})")
+            lines.append(f"  {grouping:<5} " + "; ".join(cells))
+    cal = report.get("calibration")
+    if cal:
+        worst = max(cal["per_class"], key=lambda c: cal["per_class"][c]["ece"])
+        lines.append(f"Calibration ({cal['n_bins']} bins): mean ECE {cal['mean_ece']:.4f}, mean Brier "
+                     f"{cal['mean_brier']:.4f}; largest ECE {worst} {cal['per_class'][worst]['ece']:.4f}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# External predictions
+# --------------------------------------------------------------------------------------------------------------------
+def predictions_split(args) -> Split:
+    """The split a predictions file is scored on: ``--split`` (default official) and ``--label-file``."""
+    return build_split(args.split or "official", args.label_file,
+                       args.val_fraction if args.val_fraction is not None else 0.1, 0)
+
+
+def score_predictions_file(path: Path, split: Split, args, part: str = "test", name: str | None = None,
+                           demographics: Demographics | None = None) -> TestResult:
+    """Score a CSV of per-image probabilities (``Image Index,prob_<Class>,...``) on ``part`` of ``split``, with the
+    report a checkpoint gets (per-class metrics at 0.5, the patient-level interval, subgroups, calibration).
+
+    The file must hold exactly the part's images (:func:`common.external.read_predictions_csv`). There are no
+    validation thresholds: the file has no validation predictions to choose them on.
+    """
+    path = Path(path)
+    part_data: SplitPart = split.parts[part]
+    probs = read_predictions_csv(path, part_data.names)
+    targets = part_data.labels.astype(np.float32)
+    report = evaluation_report(targets, probs, CLASS_NAMES)
+    interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids,
+                                          n_boot=getattr(args, "n_boot", 1000), seed=0)
+    label = name or path.stem
+    report.update({
+        "source": str(path), "source_sha256": file_sha256(path), "model_name": label, "split": split.name,
+        "split_description": split.describe(), "part": part, "label_file": split.labels,
+        "crop": "as in the predictions file", "img_size": None,
+        "mean_auroc_ci95": {"low": interval["ci_low"], "high": interval["ci_high"], "n_boot": interval["n_boot"],
+                            "n_patients": interval["n_patients"], "resampling": "patients"},
+        "threshold_view": "0.5 only (a predictions file has no validation predictions to choose thresholds on)",
+        "threshold_note": "", "identity": {"predictions": {"file": str(path), "sha256": file_sha256(path)}},
+    })
+    if demographics is None:
+        demographics, note = demographics_for(split, getattr(args, "demographics", None))
+    else:
+        note = None
+    add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
+                                  getattr(args, "subgroup_boot", 200), note)
+    return TestResult(path, label, report, probs, targets, list(part_data.names), part_data.patient_ids)
 
 
 def patient_check(checkpoint_path: Path, checkpoint: dict, data: SplitData, parts) -> dict:
@@ -125,6 +262,8 @@ def write_results(result: TestResult) -> dict:
     stem = result.checkpoint.with_suffix("")
     paths = {"json": Path(f"{stem}-test.json"), "csv": Path(f"{stem}-test.csv"),
              "predictions": Path(f"{stem}-test-predictions.csv.gz"), "roc": Path(f"{stem}-test-roc.png")}
+    if "calibration" in result.report:
+        paths["reliability"] = Path(f"{stem}-test-reliability.png")
     write_text_atomic(json.dumps(result.report, indent=2), paths["json"])
     write_text_atomic(_per_class_csv(result.report), paths["csv"])
     table = io.StringIO()
@@ -137,6 +276,11 @@ def write_results(result: TestResult) -> dict:
     plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],
                     paths["roc"], f"{result.model_name}: {result.report['split']} {result.report['part']}, "
                                   f"labels {result.report['label_file']}")
+    if "reliability" in paths:
+        cal = result.report["calibration"]
+        plot_reliability(paths["reliability"], cal,
+                         f"{result.model_name}: reliability ({cal['n_bins']} bins; mean ECE {cal['mean_ece']:.3f}, "
+                         f"mean Brier {cal['mean_brier']:.3f})")
     return paths
 
 
@@ -170,6 +314,9 @@ def print_result(result: TestResult) -> None:
     if interval and interval["low"] is not None:
         print(f"95% interval of the mean AUROC (patients resampled, {interval['n_boot']} times, "
               f"{interval['n_patients']:,} patients): [{interval['low']:.3f}, {interval['high']:.3f}]")
-    print(f"({result.report['split_description']}; {result.report['crop']} at {result.report['img_size']})")
+    size = result.report["img_size"]
+    print(f"({result.report['split_description']}; {result.report['crop']}{'' if size is None else f' at {size}'})")
     print(format_metrics_table(result.report))
-    print(f"Thresholds: {result.report['threshold_view']}. {result.report['threshold_note']}")
+    print(f"Thresholds: {result.report['threshold_view']}. {result.report['threshold_note']}".rstrip())
+    for line in format_subgroup_lines(result.report):
+        print(line)

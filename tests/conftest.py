@@ -35,3 +35,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def make_image_dependent(model, batch) -> float:
+    """Make a random-weight network's outputs depend on the image, so that agreement means something.
+
+    Freshly built, EEEA-Net-C2 and OFA-595 give the same probabilities for every image (zero-initialised BatchNorm
+    biases and unit running variances let the signal vanish: the logit spread over the real PNGs is ~1e-10), which
+    would make an ONNX-vs-PyTorch check compare constants. Zero parameters get small random values and BatchNorm
+    statistics are set from the batch itself. Returns the largest spread (std over the images) of a class's
+    probability.
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.abs().max() == 0:
+                parameter.normal_(0, 0.1)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average: one pass sets the statistics of this batch
+        model.train()
+        model(batch)
+        model.eval()
+        return torch.sigmoid(model(batch)).std(dim=0).max().item()

@@ -14,7 +14,7 @@ from common.models import (ModelInfo, create_model, load_pretrained, model_folde
 from common.models.converters import rename_keys
 from common.profile import para_test_main
 
-COMMANDS = ("training", "evaluation", "distill", "compare")
+COMMANDS = ("training", "evaluation", "distill", "compare", "predict")
 PACKAGE = Path(common.__file__).parent
 
 
@@ -122,6 +122,10 @@ def test_scripts_name_the_command_they_run():
         assert "from common.training import main" in train and f'model="{model_name}", index={index}' in train
         test = (repo / folder / "test-model.py").read_text()
         assert "from common.evaluation import main" in test and f'model="{model_name}", index={index}' in test
+        predict = (repo / folder / "predict.py").read_text()
+        assert "from common.predict import main" in predict and f'model="{model_name}", index={index}' in predict
+    six = (repo / "6-Distilling-to-EEEA-Net-C2" / "predict.py").read_text()
+    assert "from common.predict import main" in six and 'model="eeea_c2", index=6' in six
     assert "from common.distill import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "train-model.py").read_text()
     assert "from common.compare import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "test-model.py").read_text()
 

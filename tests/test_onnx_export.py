@@ -13,6 +13,7 @@ from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from common.data import build_transform, load_png
 from common.errors import UserError
 from common.models import create_model
+from conftest import make_image_dependent
 
 REAL = sorted((Path(__file__).parent / "data" / "images").glob("*.png"))
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +82,18 @@ def test_every_network_exports(name, tolerance, tmp_path):
     difference = onnx_export.check_onnx(path, model, _real_batch(SIZE))
     print(f"{name}: max |onnx - torch| = {difference:.3g}")
     assert difference <= tolerance
+
+
+
+@pytest.mark.parametrize("name", ["eeea_c2", "ofa595", *(pytest.param(n, marks=pytest.mark.slow)
+                                                          for n in ("chexnet", "visformer_small", "autoformerv2_base"))])
+def test_export_agrees_on_image_dependent_outputs(name, tmp_path, one_thread):
+    torch.manual_seed(0)
+    model = create_model(name, img_size=SIZE)
+    batch = _real_batch(SIZE)
+    spread = make_image_dependent(model, batch)
+    assert spread > 1e-3, f"{name}: probabilities barely depend on the image ({spread:.2g})"
+    path = onnx_export.export_onnx(model, SIZE, tmp_path / f"{name}.onnx", model_name=name)
+    difference = onnx_export.check_onnx(path, model, batch)
+    print(f"{name}: probability spread over the real PNGs {spread:.3g}, max |onnx - torch| = {difference:.3g}")
+    assert difference <= 1e-4

@@ -11,9 +11,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from common import predict
+from common.checkpoint import load_model_from_checkpoint
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from common.errors import UserError, run_main
+from common.data import build_transform, load_png
 from common.models import create_model
+from conftest import make_image_dependent
 
 REAL = Path(__file__).parent / "data" / "images"
 GREY = REAL / "00000001_000.png"     # 512 x 512 L
@@ -25,6 +28,10 @@ SIZE = 64
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("eeea_c2", img_size=SIZE)
+    # Probabilities that depend on the image: a fresh EEEA-Net-C2 gives the same ones for every input.
+    transform = build_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD, train=False)
+    assert make_image_dependent(model, torch.stack([transform(load_png(p)) for p in sorted(REAL.glob("*.png"))])) \
+        > 1e-3
     path = tmp_path_factory.mktemp("ckpt") / "model1.pth"
     torch.save({"model": model.state_dict(), "model_name": "eeea_c2", "num_classes": 14, "img_size": SIZE,
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "class_names": list(CLASS_NAMES)}, path)
@@ -57,7 +64,7 @@ def _write_dicom(path, pixels, photometric="MONOCHROME2", window=None, intercept
 
 
 def _probs(checkpoint, paths):
-    _, model = predict.load_checkpoint_model(checkpoint)
+    _, model = load_model_from_checkpoint(checkpoint)
     meta = {"img_size": SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return predict.predict_images(model, meta, paths)
 
@@ -108,7 +115,7 @@ def test_png_rgba_jpeg_and_unreadable_files(checkpoint, tmp_path, capsys):
     assert [p.name for p in paths] == ["00000001_000.png", "00001369_000.png", "broken.png", "grey.jpg",
                                        "sixteen.png"]
     warnings = []
-    result = predict.predict_images(predict.load_checkpoint_model(checkpoint)[1],
+    result = predict.predict_images(load_model_from_checkpoint(checkpoint)[1],
                                     {"img_size": SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}, paths,
                                     warn=warnings.append)
     assert [p.name for p in result.paths] == ["00000001_000.png", "00001369_000.png", "grey.jpg", "sixteen.png"]
@@ -123,7 +130,7 @@ def test_main_csv_onnx_and_cam(checkpoint, tmp_path, capsys):
     folder = checkpoint.parent
     output = tmp_path / "out" / "predictions.csv"
     onnx_file = tmp_path / "model1.onnx"
-    common = dict(model_name="eeea_c2", index=1, folder=folder)
+    common = dict(model="eeea_c2", index=1, folder=folder)
     assert predict.main([str(GREY), str(RGBA), "--output", str(output), "--cam", "--export-onnx", str(onnx_file)],
                         **common) == 0
     with open(output, newline="") as stream:

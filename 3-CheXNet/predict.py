@@ -1,0 +1,13 @@
+"""Predict the 14 ChestX-ray14 findings on your own PNG, JPEG or DICOM images with CheXNet (model3.pth here, or --checkpoint).
+
+Usage: python predict.py IMAGE_OR_FOLDER ... [--output predictions.csv] [--cam] [--checkpoint FILE]
+       python predict.py --export-onnx model.onnx        (then: python predict.py IMAGES --onnx model.onnx)
+"""
+import sys
+from pathlib import Path
+
+from common.errors import run_main
+from common.predict import main
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, sys.argv[1:], model="chexnet", index=3, folder=Path(__file__).resolve().parent))
