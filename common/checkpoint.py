@@ -1,92 +1,27 @@
 """Checkpoint files: atomic writes, the metadata every checkpoint carries, and the RNG state for exact resumes."""
 from __future__ import annotations
 
-import csv
 import os
 import random
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .atomic import write_atomic
 from .errors import UserError
-from .run_folder import filesystem_errors
-
-# torch (and the model registry, which needs it) are imported in the functions that use them: the atomic writers
-# also serve predict.py --onnx, which must run on a device without torch.
-
-
-def _open_temporary(handle: int, mode: str):
-    """The stream the atomic writers write through (a separate function so tests can make it fail)."""
-    if "b" in mode:
-        return os.fdopen(handle, mode)
-    # newline="": text is written exactly as given (the csv module supplies its own line endings).
-    return os.fdopen(handle, mode, encoding="utf-8", newline="")
-
-
-def _write_atomic(path: str | os.PathLike, write_fn, mode: str = "wb") -> None:
-    """Write ``path`` by calling ``write_fn(stream)`` on a temporary file in the same folder, fsync, then rename.
-
-    A crash or kill while writing leaves the previous file intact (timm's CheckpointSaver does the same); the
-    temporary (``.<name>.XXXX.tmp``, the pattern ``run_folder.remove_stale_temporaries`` sweeps) is removed on any
-    failure. A full disk, a read-only or unwritable folder, and torch's part-way write failure raise
-    :class:`UserError` naming ``path`` and the cause.
-    """
-    path = Path(path)
-    with filesystem_errors(path, previous_kept=path.exists()):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with _open_temporary(handle, mode) as stream:
-                write_fn(stream)
-                stream.flush()
-                os.fsync(stream.fileno())  # the data is on disk before the rename makes it the file
-            os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are ordinary, shareable files
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+from .models import create_model
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_write_atomic`); raises :class:`UserError` on a
-    file-system failure, leaving the previous file unchanged."""
-    import torch
-
-    _write_atomic(path, lambda stream: torch.save(obj, stream), "wb")
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write a UTF-8 text file atomically (see :func:`_write_atomic`)."""
-    _write_atomic(path, lambda stream: stream.write(text), "w")
-
-
-def write_csv_atomic(path: str | os.PathLike, fieldnames, rows) -> None:
-    """Write a CSV file (header ``fieldnames``, then ``rows`` as dicts) atomically (see :func:`_write_atomic`).
-
-    A row with a key outside ``fieldnames`` raises ``ValueError`` (csv.DictWriter's check) before anything is
-    renamed; missing keys are written as empty cells.
-    """
-    rows = list(rows)
-
-    def write(stream):
-        writer = csv.DictWriter(stream, fieldnames=list(fieldnames))
-        writer.writeheader()
-        writer.writerows(rows)
-
-    _write_atomic(path, write, "w")
-
-
-def save_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`_write_atomic`)."""
-    _write_atomic(path, lambda stream: stream.write(data), "wb")
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`common.atomic.write_atomic`); raises
+    :class:`UserError` on a file-system failure, leaving the previous file unchanged."""
+    write_atomic(path, lambda stream: torch.save(obj, stream), "wb")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -113,8 +48,6 @@ def git_commit(directory: str | os.PathLike | None = None) -> str:
 
 def rng_state() -> dict:
     """The state of every random generator a training run uses."""
-    import torch
-
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state_to_tensors(np.random.get_state()),
@@ -127,8 +60,6 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` saved."""
-    import torch
-
     random.setstate(_as_python_state(state["python"]))
     np.random.set_state(_as_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
@@ -144,8 +75,6 @@ def _as_python_state(state):
 
 def _numpy_state_to_tensors(state) -> dict:
     # Plain tensors and numbers keep the checkpoint loadable with torch.load(weights_only=True).
-    import torch
-
     kind, keys, position, has_gauss, cached = state
     return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
             "has_gauss": int(has_gauss), "cached": float(cached)}
@@ -158,8 +87,6 @@ def _as_numpy_state(state: dict):
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -171,8 +98,6 @@ def load_model_from_checkpoint(path: str | os.PathLike, expected_model: str | No
     A checkpoint of another architecture than ``expected_model`` (when given), or weights that do not fit the
     recorded class count, is a :class:`UserError` naming the file.
     """
-    from .models import create_model
-
     checkpoint = load_checkpoint(path)
     if expected_model is not None and checkpoint["model_name"] != expected_model:
         raise UserError(f"{path} holds a {checkpoint['model_name']} model, not {expected_model}")

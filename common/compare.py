@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from .arguments import add_evaluation_arguments, add_localization_arguments, make_paths_absolute
-from .checkpoint import load_checkpoint, write_text_atomic
+from .atomic import write_text_atomic
+from .checkpoint import load_checkpoint
 from .constants import CLASS_NAMES, STUDENT_MODEL
 from .errors import ArgumentParser, UserError, positive_int
 from .layout import folder_model_path, output_dir_for, teachers_root

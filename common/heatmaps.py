@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import write_text_atomic
+from .atomic import write_text_atomic
 from .constants import CLASS_NAMES
 from .errors import UserError
 from .explain import CamPanel, gradcam_maps, input_view_gray, top_k_per_class, write_cam_overlays, write_cam_sheet

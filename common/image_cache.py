@@ -37,7 +37,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from . import __version__
-from .checkpoint import write_text_atomic
+from .atomic import write_text_atomic
 from .data import build_split, eval_resize, index_images, load_png
 from .progress import progress
 from .errors import ArgumentParser, UserError, positive_int, run_main

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from .checkpoint import _write_atomic  # noqa: E402  (the one atomic-writer core of the package)
+from .atomic import write_atomic  # noqa: E402  (the one atomic-writer core of the package)
 
 
 def _save(figure, path: Path) -> None:
@@ -21,7 +21,7 @@ def _save(figure, path: Path) -> None:
     path = Path(path)
     image_format = path.suffix.lstrip(".").lower() or "png"  # the temporary's .tmp suffix says nothing to savefig
     try:
-        _write_atomic(path, lambda stream: figure.savefig(stream, format=image_format, dpi=120,
+        write_atomic(path, lambda stream: figure.savefig(stream, format=image_format, dpi=120,
                                                           bbox_inches="tight"), "wb")
     finally:
         plt.close(figure)  # also on failure: pyplot keeps every open figure alive

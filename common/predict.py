@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import load_model_from_checkpoint, write_text_atomic
+from .atomic import write_text_atomic
 from .constants import CLASS_NAMES, DISTILL_FOLDER
 from .images import to_grayscale
 from .errors import ArgumentParser, UserError, positive_int
@@ -304,6 +304,8 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
         from .onnx_export import OnnxPredictor
         predictor, meta = OnnxPredictor(args.onnx), {}
     else:
+        # Imported here: the checkpoint loader needs torch, and the --onnx path above must run without it.
+        from .checkpoint import load_model_from_checkpoint
         checkpoint, model = load_model_from_checkpoint(args.checkpoint, expected_model=model_name)
         model.eval()
         predictor = model

@@ -5,7 +5,7 @@ import csv
 import os
 from pathlib import Path
 
-from .checkpoint import write_csv_atomic
+from .atomic import write_csv_atomic
 from .errors import UserError
 from .run_folder import filesystem_errors
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model_from_checkpoint, save_bytes_atomic, write_text_atomic
+from .atomic import save_bytes_atomic, write_text_atomic
+from .checkpoint import load_model_from_checkpoint
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import UserError

@@ -36,7 +36,7 @@ def test_kill_and_resume_soak(tmp_path):
 FULL_DISK = textwrap.dedent("""
     import errno, os, runpy, sys
     sys.path.insert(0, {repo!r})
-    import common.checkpoint as checkpoint
+    import common.atomic as checkpoint
     real, left = checkpoint._open_temporary, [{nth}]
 
     class Full:

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import common.atomic as atomic
 import common.checkpoint as checkpoint
 import common.run_folder as run_folder
 from common.errors import UserError, run_main
@@ -153,8 +154,8 @@ class FailingStream:
 
 
 def full_disk_at(monkeypatch, nth):
-    real = checkpoint._open_temporary
-    monkeypatch.setattr(checkpoint, "_open_temporary", lambda handle, mode: FailingStream(real(handle, mode), nth))
+    real = atomic._open_temporary
+    monkeypatch.setattr(atomic, "_open_temporary", lambda handle, mode: FailingStream(real(handle, mode), nth))
 
 
 @pytest.mark.parametrize("nth", [1, 3, 20])
@@ -176,9 +177,9 @@ def test_full_disk_for_a_new_file_and_for_text_and_csv(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no space left on device .Errno 28.; no partial file was left"):
         checkpoint.save_atomic({"a": 1}, tmp_path / "new.pth")
     with pytest.raises(UserError, match="cannot write .*report.json: no space left"):
-        checkpoint.write_text_atomic("{}", tmp_path / "report.json")
+        atomic.write_text_atomic("{}", tmp_path / "report.json")
     with pytest.raises(UserError, match="cannot write .*log.csv: no space left"):
-        checkpoint.write_csv_atomic(tmp_path / "log.csv", ["epoch"], [{"epoch": 1}])
+        atomic.write_csv_atomic(tmp_path / "log.csv", ["epoch"], [{"epoch": 1}])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,7 +188,7 @@ def test_torch_part_way_failure_is_one_line(tmp_path):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 28072192 vs 28072084")
 
     with pytest.raises(UserError) as caught:
-        checkpoint._write_atomic(tmp_path / "m.pth", torch_fails)
+        atomic.write_atomic(tmp_path / "m.pth", torch_fails)
     assert str(caught.value) == (f"cannot write {tmp_path / 'm.pth'}: the write stopped part-way (torch: unexpected "
                                  "pos 28072192 vs 28072084), most often because the disk is full; no partial file "
                                  "was left")
@@ -245,14 +246,14 @@ def test_plot_temporaries_are_unique_and_removed(tmp_path, monkeypatch):
     log = tmp_path / "log.csv"
     log.write_text("epoch,train_loss,val_mean_auroc\n1,0.5,0.6\n2,0.4,0.7\n")
     names = []
-    real = checkpoint.tempfile.mkstemp
+    real = atomic.tempfile.mkstemp
 
     def spy(*args, **kwargs):
         handle, name = real(*args, **kwargs)
         names.append(name)
         return handle, name
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", spy)
     png = tmp_path / "curves.png"
     plot_training_curves(log, png)
     plot_training_curves(log, png)
