@@ -8,6 +8,8 @@ model's published predictions as a row scored on the same test images.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import io
 import json
@@ -17,16 +19,17 @@ from .arguments import add_evaluation_arguments, add_localization_arguments, mak
 from .atomic import write_text_atomic
 from .checkpoint import load_checkpoint
 from .constants import CLASS_NAMES, STUDENT_MODEL
+from .data import index_images
 from .errors import ArgumentParser, UserError, positive_int
+from .heatmaps import json_ready, localization_report, localization_text, mean_localization_accuracy, read_boxes
+from .identity import data_identity
 from .layout import folder_model_path, output_dir_for, teachers_root
 from .metrics import patient_bootstrap_auroc_diff
 from .models import model_folders, model_info
 from .plots import plot_before_after
 from .profile import count_parameters, macs
-from .heatmaps import json_ready, localization_report, localization_text, mean_localization_accuracy, read_boxes
 from .scoring import demographics_for, evaluate_checkpoint, print_result, score_predictions_file
-from .data import index_images
-from .identity import data_identity
+from .seed_spread import seed_run_files, seed_spread
 from .split_data import split_data_for
 
 
@@ -38,6 +41,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--teachers-root", default=None,
                         help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
     parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
+    parser.add_argument("--seed-runs", nargs="+", default=[], metavar="DIR",
+                        help="folders laid out like the repository, each trained with its own --seed: report the mean "
+                             "and spread across them of every model's test mean AUROC and of student - model1")
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME=FILE.csv",
                         help="add another model's per-image probabilities (Image Index,prob_<Class>,...) as a row "
                              "scored on the same test images (repeatable)")
@@ -137,12 +143,29 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         if row["role"] == "student" and result is not None:
             row["recipe_vs_baseline"] = recipe_differences(result, baseline)
     bootstrap = _bootstrap(entries, results, args.n_boot)
+    spread = seed_run_spread(args, data, results) if args.seed_runs else []
     split_text = data.split.describe()
     paths = _write(output_dir, rows, entries, results, bootstrap, split_text, data.split.labels,
-                   "ten-crop" if args.tencrop else "centre crop")
+                   "ten-crop" if args.tencrop else "centre crop", spread)
     print((output_dir / "comparison.md").read_text())
     print("comparison written: " + ", ".join(str(p) for p in paths))
     return {"rows": rows, "bootstrap": bootstrap}
+
+
+def seed_run_spread(args, data, results: dict) -> list[dict]:
+    """Every model of every ``--seed-runs`` folder scored on the same test images (mean AUROC only), with this
+    comparison's own models as one more run; returns :func:`common.seed_spread.seed_spread` rows."""
+    quick = copy.copy(args)
+    quick.n_boot, quick.subgroup_boot = 1, 1  # only the mean AUROC of each run is used
+    runs = [{key: result.report["mean_auroc"] for key, result in results.items() if key.startswith("model")}]
+    for root in args.seed_runs:
+        run = {}
+        for key, path in seed_run_files(Path(root)).items():
+            print(f"== seed run {root}: {key} ==")
+            with contextlib.redirect_stdout(io.StringIO()):  # the per-model report is not needed here
+                run[key] = evaluate_checkpoint(path, None, data, quick).report["mean_auroc"]
+        runs.append(run)
+    return seed_spread(runs, baseline_key())
 
 
 def check_same_pixels(present: list[dict], configs: dict, data, args, parts) -> None:
@@ -285,7 +308,7 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop) -> list[Path]:
+def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop, spread=()) -> list[Path]:
     by_key = {row["model"]: row for row in rows}
     lines = ["# Before / after distillation into EEEA-Net-C2", "",
              f"Test part of {split_text}. Evaluation: {crop}. Metrics from scikit-learn; "
@@ -344,6 +367,18 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
               "students compared at once some interval will exclude 0 by chance (no multiplicity correction). "
               f"A difference from {baseline_key()} is the effect of distillation only where the recipe column says "
               "'same recipe'; otherwise it mixes distillation with the recipe differences listed.", ""]
+    if spread:
+        runs = max(row["runs"] for row in spread)
+        lines += [f"## Across {runs} training runs with different seeds (--seed-runs)", "",
+                  f"| model | runs | test mean AUROC, mean ± sd | student − {baseline_key()}, mean ± sd |",
+                  "|---|---|---|---|"]
+        for row in spread:
+            diff = (f"{row['diff_mean']:+.4f} ± {row['diff_sd']:.4f}" if row.get("diff_sd") is not None
+                    else ("" if row.get("diff_mean") is None else f"{row['diff_mean']:+.4f} (one run)"))
+            sd = "" if row["mean_auroc_sd"] is None else f" ± {row['mean_auroc_sd']:.4f}"
+            lines.append(f"| {row['model']} | {row['runs']} | {_fmt(row['mean_auroc_mean'])}{sd} | {diff} |")
+        lines += ["", "The spread across seeds is the training-to-training variation the bootstrap above leaves "
+                  "out; a difference smaller than it is not a finding.", ""]
     paths = [output_dir / n for n in ("comparison.md", "comparison.csv", "comparison-per-class.csv",
                                       "comparison-bootstrap.csv", "comparison.json", "comparison-auroc.png")]
     write_text_atomic("\n".join(lines), paths[0])
@@ -354,7 +389,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
     details = {key: {part: result.report[part] for part in ("subgroups", "calibration", "localization")
                      if part in result.report} for key, result in results.items()}
     write_text_atomic(json.dumps({"split": split_text, "labels": labels, "crop": crop, "models": rows,
-                                  "bootstrap": bootstrap, "identities": identities, "details": details},
+                                  "bootstrap": bootstrap, "seed_spread": list(spread), "identities": identities,
+                                  "details": details},
                                  indent=2, default=str), paths[4])
     plot_before_after(chart_rows, baseline, paths[5],
                       f"Test mean AUROC before and after distillation ({split_text.split(' (')[0]}, {labels})")

@@ -99,6 +99,16 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
         assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
         assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
             report["threshold_0.5"]["macro"]["f1"], abs=1e-12)
+    # The same models again as a second "seed run": the spread across runs is zero.
+    import shutil
+    rerun = teachers.parent / "seed-run"
+    shutil.copytree(teachers, rerun, ignore=shutil.ignore_patterns("*-last.pth", "teacher-cache"))
+    assert run_main(compare.main, ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu",
+                                   "--n-boot", "20", "--seed-runs", str(rerun)]) == 0
+    spread = {row["model"]: row for row in json.loads((student_dir / "comparison.json").read_text())["seed_spread"]}
+    assert spread["model1"]["runs"] == 2 and spread["model1"]["mean_auroc_sd"] == pytest.approx(0, abs=1e-12)
+    assert spread["modeld1"]["diff_runs"] == 2 and "training runs with different seeds" in (
+        student_dir / "comparison.md").read_text()
     boot = {row["student"]: row for row in csv.DictReader(open(student_dir / "comparison-bootstrap.csv"))}
     assert boot["modeld2"]["status"] == "ok" and float(boot["modeld2"]["ci_low"]) <= float(boot["modeld2"]["ci_high"])
     assert "missing" in boot["modeld3"]["status"]
