@@ -114,7 +114,7 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
             print(f"== {entry['key']}: missing ({entry['path']}) ==")
             continue
         print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
-        result = evaluate_checkpoint(entry["path"], None, data, args, demographics=demographics)
+        result = evaluate_checkpoint(entry["path"], None, data, args, demographics=demographics, reuse=True)
         if note:
             result.report["subgroups"] = {"note": note}
         print_result(result)

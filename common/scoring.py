@@ -42,6 +42,7 @@ class TestResult:
     patient_ids: np.ndarray
     model: object = None        # the evaluated model (for parameter and MAC counts, Grad-CAM)
     meta: dict | None = None    # the checkpoint's model_name, img_size, mean and std (to rebuild the input view)
+    logits: np.ndarray | None = None  # float32 logits of a checkpoint's evaluation (written for reuse)
 
 
 THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patients of the training pool; on the "
@@ -50,14 +51,16 @@ THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patien
 
 
 def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None, args,
-                        part: str = "test", demographics: Demographics | None = None) -> TestResult:
+                        part: str = "test", demographics: Demographics | None = None,
+                        reuse: bool = False) -> TestResult:
     """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores.
 
     A split other than the checkpoint's own is allowed only when none of its ``part`` patients was trained or
     selected on (checked by patients). With ``--tencrop`` the validation thresholds are chosen again on ten-crop
     validation probabilities, the view they are applied to. The report always adds the subgroup AUROCs and the
     calibration (:func:`add_subgroups_and_calibration`); ``demographics`` saves re-reading the Data_Entry file when
-    several checkpoints are scored on one split (default: :func:`demographics_for`).
+    several checkpoints are scored on one split (default: :func:`demographics_for`). ``reuse``: take the logits
+    from the checkpoint's own ``test-model.py`` results when their run identity matches (:func:`reusable_logits`).
     """
     checkpoint, model = load_model_from_checkpoint(checkpoint_path, expected_model)
     if checkpoint["num_classes"] != NUM_CLASSES:
@@ -74,8 +77,20 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     transform = eval_transform_for({"mean": checkpoint["mean"], "std": checkpoint["std"]}, checkpoint["img_size"],
                                    tencrop=args.tencrop)
     batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
-    loader = data.loader(part, transform, batch_size, shuffle=False)
-    logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}")
+    part_data = data.split.parts[part]
+    identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
+                            data_identity(data.data_dir, data.index, part_data.names),
+                            {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
+                             "crop": "ten-crop" if args.tencrop else "centre crop",
+                             "precision": precision_name(amp_dtype) + " body, fp32 head",
+                             "trained": checkpoint.get("identity")})
+    logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not args.tencrop else None
+    if logits is None:
+        loader = data.loader(part, transform, batch_size, shuffle=False)
+        logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}")
+    else:
+        print(f"reusing the test predictions of {checkpoint_path.name} (same checkpoint, images, view and precision)")
+        targets = part_data.labels.astype(np.uint8)
     probs = sigmoid(logits)
     thresholds = checkpoint.get("val_thresholds")
     threshold_view = "centre crop (chosen when the checkpoint was saved)"
@@ -88,15 +103,8 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         threshold_view = "ten-crop (chosen now on the validation part)"
     report = evaluation_report(targets, probs, CLASS_NAMES,
                                val_thresholds=None if thresholds is None else np.asarray(thresholds))
-    part_data = data.split.parts[part]
     n_boot = getattr(args, "n_boot", 1000)
     interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids, n_boot=n_boot, seed=0)
-    identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
-                            data_identity(data.data_dir, data.index, part_data.names),
-                            {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
-                             "crop": "ten-crop" if args.tencrop else "centre crop",
-                             "precision": precision_name(amp_dtype) + " body, fp32 head",
-                             "trained": checkpoint.get("identity")})
     report.update({
         "checkpoint": str(checkpoint_path), "model_name": checkpoint["model_name"], "split": data.split.name,
         "split_description": data.split.describe(), "part": part, "label_file": data.split.labels,
@@ -117,7 +125,29 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     meta = {"model_name": checkpoint["model_name"], "img_size": checkpoint["img_size"], "mean": checkpoint["mean"],
             "std": checkpoint["std"]}
     return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
-                      part_data.patient_ids, model, meta)
+                      part_data.patient_ids, model, meta, logits)
+
+
+def reusable_logits(checkpoint_path: Path, identity: dict, names) -> np.ndarray | None:
+    """The float32 test logits ``test-model.py`` wrote beside a checkpoint, when its recorded identity equals this
+    evaluation's (checkpoint file hash, split, image files, view and precision) and it covers ``names`` in order;
+    otherwise None (the caller runs the model)."""
+    stem = Path(checkpoint_path).with_suffix("")
+    report_path, predictions_path = Path(f"{stem}-test.json"), Path(f"{stem}-test-predictions.csv.gz")
+    if not (report_path.is_file() and predictions_path.is_file()):
+        return None
+    recorded = json.loads(report_path.read_text()).get("identity") or {}
+    same = (recorded.get("split") == identity["split"] and recorded.get("data") == identity["data"]
+            and all(recorded.get("recipe", {}).get(key) == identity["recipe"][key]
+                    for key in ("checkpoint_sha256", "crop", "precision")))
+    if not same:
+        return None
+    with gzip.open(predictions_path, "rt", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    columns = [f"logit_{name}" for name in CLASS_NAMES]
+    if [row["Image Index"] for row in rows] != list(names) or not rows or columns[0] not in rows[0]:
+        return None
+    return np.asarray([[float(row[column]) for column in columns] for row in rows], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -269,9 +299,14 @@ def write_results(result: TestResult) -> dict:
     write_text_atomic(_per_class_csv(result.report), paths["csv"])
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["Image Index", "Patient ID", *[f"p_{c}" for c in CLASS_NAMES], *CLASS_NAMES])
-    for name, patient, prob, target in zip(result.names, result.patient_ids, result.probs, result.targets):
-        writer.writerow([name, patient, *[f"{p:.6f}" for p in prob], *target.tolist()])
+    # The float32 logits go last, written exactly (9 significant digits), so the comparison can reuse them.
+    logit_columns = [f"logit_{c}" for c in CLASS_NAMES] if result.logits is not None else []
+    writer.writerow(["Image Index", "Patient ID", *[f"p_{c}" for c in CLASS_NAMES], *CLASS_NAMES, *logit_columns])
+    logits = result.logits if result.logits is not None else [()] * len(result.names)
+    for name, patient, prob, target, logit in zip(result.names, result.patient_ids, result.probs, result.targets,
+                                                  logits):
+        writer.writerow([name, patient, *[f"{p:.6f}" for p in prob], *target.tolist(),
+                         *[f"{value:.9g}" for value in logit]])
     # mtime=0: the same predictions give the same bytes; written atomically like every result file.
     save_bytes_atomic(gzip.compress(table.getvalue().encode(), mtime=0), paths["predictions"])
     plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],

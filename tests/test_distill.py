@@ -62,7 +62,7 @@ def test_cached_and_online_give_the_same_loss_on_the_same_view(teachers, synthet
 
 
 @pytest.mark.slow
-def test_tiny_distillation_and_comparison(teachers, synthetic):
+def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     student_dir = teachers / DISTILL_FOLDER
     common = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
               "--output-dir", str(student_dir), "--teacher-mode", "cached"]
@@ -99,6 +99,13 @@ def test_tiny_distillation_and_comparison(teachers, synthetic):
         assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
         assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
             report["threshold_0.5"]["macro"]["f1"], abs=1e-12)
+    # Each folder's own test results are reused by the comparison when their identity matches.
+    capsys.readouterr()
+    assert run_main(compare.main, ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu",
+                                   "--n-boot", "50"]) == 0
+    assert "reusing the test predictions of model1.pth" in capsys.readouterr().out
+    again = {row["model"]: row for row in csv.DictReader(open(student_dir / "comparison.csv"))}
+    assert again["model1"]["mean_auroc"] == rows["model1"]["mean_auroc"]
     # The same models again as a second "seed run": the spread across runs is zero.
     import shutil
     rerun = teachers.parent / "seed-run"
