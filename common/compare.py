@@ -313,7 +313,9 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
     lines = ["# Before / after distillation into EEEA-Net-C2", "",
              f"Test part of {split_text}. Evaluation: {crop}. Metrics from scikit-learn; "
              "F1 and accuracy macro-averaged over the 14 classes, at threshold 0.5 and at per-class thresholds "
-             "chosen on the validation split (max F1).", "",
+             "chosen on the validation split (max F1). Parameters and MACs are those of each model as trained (14-class "
+             "head, at its input size): Visformer's and AutoFormerV2's parameter counts depend on the input size, so "
+             "they differ from para-test's 224-px, original-head figures.", "",
              "| model | file | params | MACs | mean AUROC | mean F1@0.5 | accuracy@0.5 | mean F1@val | accuracy@val |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

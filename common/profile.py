@@ -209,6 +209,11 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     else:
         model = original_model
     print(f"MACs (FlopCounterMode / 2) with a {NUM_CLASSES}-class head at {label}: {macs(model, size)}")
+    if info.fixed_input_size:
+        # Why the same network shows several counts: head size, and position tables sized by the input.
+        print(f"{info.display_name}'s parameter count also depends on the input size (its position embeddings or "
+              f"relative-position tables are sized for it): the counts above are at {size}x{size}; a checkpoint "
+              "trained at another --img-size, as the comparison lists it, has another count")
     if info.native_size != size:
         native_model = (create_model(model_name, num_classes=NUM_CLASSES, img_size=info.native_size).eval()
                         if info.fixed_input_size else model)
