@@ -17,11 +17,11 @@ from .checkpoint import load_model_from_checkpoint, save_bytes_atomic, write_tex
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import UserError
-from .identity import check_unseen_patients, data_identity, file_sha256, precision_name, run_identity, split_identity
+from .identity import check_unseen_patients, file_sha256, precision_name, run_identity, split_identity
 from .metrics import (choose_thresholds, evaluation_report, format_auroc_lines, format_metrics_table,
                       patient_bootstrap_auroc_ci)
 from .plots import plot_roc_curves
-from .split_data import SplitData, eval_transform_for, split_data_for
+from .split_data import SplitData, split_data_for
 
 
 @dataclass
@@ -63,18 +63,18 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     device = resolve_device(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     model.to(device)
-    transform = eval_transform_for({"mean": checkpoint["mean"], "std": checkpoint["std"]}, checkpoint["img_size"],
-                                   tencrop=args.tencrop)
+    view = ("tencrop" if args.tencrop else "eval", checkpoint["img_size"], checkpoint["mean"], checkpoint["std"])
     batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
-    loader = data.loader(part, transform, batch_size, shuffle=False)
-    logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}")
+    loader, augment = data.batches(part, *view, batch_size)  # augment: the eval view on the device (image cache)
+    logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}",
+                                     augment=augment)
     probs = sigmoid(logits)
     thresholds = checkpoint.get("val_thresholds")
     threshold_view = "centre crop (chosen when the checkpoint was saved)"
     if args.tencrop:
         # Thresholds must come from the view they are applied to: ten-crop probabilities are smoother.
-        val_loader = data.loader("val", transform, batch_size, shuffle=False)
-        val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype,
+        val_loader, val_augment = data.batches("val", *view, batch_size)
+        val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype, augment=val_augment,
                                                  desc=f"{checkpoint_path.name} val (ten-crop thresholds)")
         thresholds = choose_thresholds(val_targets, sigmoid(val_logits))
         threshold_view = "ten-crop (chosen now on the validation part)"
@@ -84,7 +84,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     n_boot = getattr(args, "n_boot", 1000)
     interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids, n_boot=n_boot, seed=0)
     identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
-                            data_identity(data.data_dir, data.index, part_data.names),
+                            data.identity(part_data.names),
                             {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
                              "crop": "ten-crop" if args.tencrop else "centre crop",
                              "precision": precision_name(amp_dtype) + " body, fp32 head",
