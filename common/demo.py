@@ -1,7 +1,8 @@
 """The whole story on the embedded synthetic sample, on a CPU in minutes: ``python -m common.demo``.
 
-Generates a synthetic CXR8-format data set, trains folders 1-5 briefly, tests them, distils each teacher and the
-ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Everything
+Generates a synthetic CXR8-format data set, builds its image cache, trains folders 1-5 briefly, tests them, distils each teacher and the
+ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Every
+command reads the images from the cache (``--image-cache``), as the README's real-data story does. Everything
 goes under ``--output-dir`` (default ``demo-run/``), laid out like the repository's numbered folders, so the real
 folders' checkpoints are never touched.
 """
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from . import compare, distill, evaluation, training
 from .constants import DISTILL_FOLDER
+from .data import build_split, eval_resize
 from .errors import ArgumentParser, non_negative_int, positive_int, run_main
+from .image_cache import build_image_cache
 from .models import model_folders
 from .synthetic import generate_synthetic_cxr8
 
@@ -35,9 +38,9 @@ def get_args_parser() -> ArgumentParser:
     return parser
 
 
-def _common_flags(data_dir: Path, args) -> list[str]:
+def _common_flags(data_dir: Path, args, cache_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir / "images"), "--split", str(data_dir / "labels"),
-            "--workers", str(args.workers), "--device", "cpu"]
+            "--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)]
 
 
 def _train_flags(args, epochs: int) -> list[str]:
@@ -54,28 +57,34 @@ def main(argv=None) -> int:
     if not (data_dir / "labels" / "test_list.txt").is_file():
         print(f"generating the synthetic CXR8 sample in {data_dir}")
         generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed)
+    # One cache at the eval size of the demo's input size, so that the cached eval view is the PNG path's.
+    cache_dir = root / "image-cache"
+    split = build_split(str(data_dir / "labels"), None, 0.1, args.seed)
+    build_image_cache(data_dir / "images", sorted({n for part in split.parts.values() for n in part.names}),
+                      cache_dir, size=eval_resize(args.img_size), workers=max(1, args.workers))
     folders = [int(k) for k in args.folders.split(",") if k.strip()]
     summary = {}
     for index in folders:
         folder, model_name = model_folders()[index]
         out = root / folder
         print(f"\n===== {folder}: training {model_name} =====")
-        training.main(_common_flags(data_dir, args) + _train_flags(args, DEMO_EPOCHS[index]),
+        training.main(_common_flags(data_dir, args, cache_dir) + _train_flags(args, DEMO_EPOCHS[index]),
                       model=model_name, index=index, folder=out)
         print(f"\n===== {folder}: testing model{index}.pth =====")
-        evaluation.main(["--workers", str(args.workers), "--device", "cpu"],
+        evaluation.main(["--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)],
                         model=model_name, index=index, folder=out)
         report = json.loads((out / f"model{index}-test.json").read_text())
         summary[f"model{index}"] = report["mean_auroc"]
     student_dir = root / DISTILL_FOLDER
     if not args.skip_distillation:
-        flags = _common_flags(data_dir, args) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
+        flags = _common_flags(data_dir, args, cache_dir) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
         print("\n===== 6: distilling every teacher into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "all"], folder=student_dir)
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
         print("\n===== 6: before / after comparison =====")
-        compare.main(["--workers", str(args.workers), "--device", "cpu"], folder=student_dir)
+        compare.main(["--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)],
+                     folder=student_dir)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))

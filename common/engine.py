@@ -184,7 +184,8 @@ def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channel
             logits = _fp32_head_logits(model, images, device, amp_dtype)
         all_logits.append(logits.cpu())
         all_targets.append(batch["target"].cpu())
-        all_index.append(torch.as_tensor(batch["index"]).cpu())
+        if with_index:
+            all_index.append(torch.as_tensor(batch["index"]).cpu())
     if not all_logits:
         empty = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.uint8)
         return (*empty, np.zeros(0, np.int64)) if with_index else empty
