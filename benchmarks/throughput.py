@@ -183,8 +183,7 @@ def loader_tables(args, device, amp, folders) -> None:
         synthetic = torch.utils.data.DataLoader(SyntheticBatches(len(images.names), args.img_size),
                                                 batch_size=args.batch_size, num_workers=0,
                                                 pin_memory=device.type == "cuda")
-        print(f"
-loaders: {len(images.names)} images, cache {images.cache.size} px, batch {args.batch_size}, "
+        print(f"\nloaders: {len(images.names)} images, cache {images.cache.size} px, batch {args.batch_size}, "
               f"{'AMP' if amp else 'fp32'}; cached/synthetic 1.00x means the loader does not limit the step")
         header = f"{'folder':<22} {'synthetic img/s':>15} {'cache img/s':>12} {'cache/synth':>12}"
         header += f" {'PNG img/s':>10} {'cache/PNG':>10}" if png else ""
@@ -232,8 +231,7 @@ def kd_epoch_ratio(args, device, amp, images: LoaderImages, workers: int) -> Non
                               lambda epoch: SeededAugment(train_view, torch.Generator().manual_seed(epoch)))
         seconds[name] = stats["seconds"] / max(stats["images"], 1)
     ratio = seconds["kd_cached"] / seconds["plain"]
-    print(f"
-KD epoch of the {STUDENT_MODEL} student from the cache: cached teacher logits "
+    print(f"\nKD epoch of the {STUDENT_MODEL} student from the cache: cached teacher logits "
           f"{1 / seconds['kd_cached']:.1f} img/s, plain epoch {1 / seconds['plain']:.1f} img/s: "
           f"KD/plain time {ratio:.2f}x (target <= 1.15x: {'met' if ratio <= 1.15 else 'NOT met'})")
 
