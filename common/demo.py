@@ -31,16 +31,24 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--patients", type=positive_int, default=300, help="synthetic patients (default 300)")
     parser.add_argument("--img-size", type=positive_int, default=64, help="model input size (default 64)")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
-    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("--workers", type=non_negative_int, default=None,
+                        help="DataLoader workers (default: chosen with the threads to share the cores)")
     parser.add_argument("--folders", default="1,2,3,4,5", help="which model folders to train (default 1,2,3,4,5)")
     parser.add_argument("--skip-distillation", action="store_true", help="stop after training and testing 1-5")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 
+def _loader_flags(args, cache_dir: Path) -> list[str]:
+    # Without --workers each command chooses threads and workers together: on a small, shared CPU one thread per
+    # busy process avoids OpenMP threads waiting for each other.
+    workers = [] if args.workers is None else ["--workers", str(args.workers)]
+    return [*workers, "--device", "cpu", "--image-cache", str(cache_dir)]
+
+
 def _common_flags(data_dir: Path, args, cache_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir / "images"), "--split", str(data_dir / "labels"),
-            "--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)]
+            *_loader_flags(args, cache_dir)]
 
 
 def _train_flags(args, epochs: int) -> list[str]:
@@ -61,7 +69,7 @@ def main(argv=None) -> int:
     cache_dir = root / "image-cache"
     split = build_split(str(data_dir / "labels"), None, 0.1, args.seed)
     build_image_cache(data_dir / "images", sorted({n for part in split.parts.values() for n in part.names}),
-                      cache_dir, size=eval_resize(args.img_size), workers=max(1, args.workers))
+                      cache_dir, size=eval_resize(args.img_size), workers=max(1, args.workers or 1))
     folders = [int(k) for k in args.folders.split(",") if k.strip()]
     summary = {}
     for index in folders:
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
         training.main(_common_flags(data_dir, args, cache_dir) + _train_flags(args, DEMO_EPOCHS[index]),
                       model=model_name, index=index, folder=out)
         print(f"\n===== {folder}: testing model{index}.pth =====")
-        evaluation.main(["--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)],
+        evaluation.main(_loader_flags(args, cache_dir),
                         model=model_name, index=index, folder=out)
         report = json.loads((out / f"model{index}-test.json").read_text())
         summary[f"model{index}"] = report["mean_auroc"]
@@ -83,8 +91,7 @@ def main(argv=None) -> int:
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
         print("\n===== 6: before / after comparison =====")
-        compare.main(["--workers", str(args.workers), "--device", "cpu", "--image-cache", str(cache_dir)],
-                     folder=student_dir)
+        compare.main(_loader_flags(args, cache_dir), folder=student_dir)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))

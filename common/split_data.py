@@ -19,11 +19,6 @@ from .threads import apply_thread_choice
 VIEWS = ("train", "eval", "tencrop")
 
 
-def default_workers() -> int:
-    """DataLoader workers: one per CPU core, at most 8."""
-    return min(8, os.cpu_count() or 1)
-
-
 def resolve_data_dir(data_dir: str | None) -> Path:
     """``--data-dir`` or, when it is not given, ``$CXR8_DATA_DIR``; one of them is required."""
     value = data_dir or os.environ.get("CXR8_DATA_DIR")
