@@ -9,6 +9,9 @@ The numbered folders of the repository are thin entry points over this package. 
 - :mod:`common.metrics`     AUROC / F1 / accuracy / sensitivity / specificity and the patient-level bootstrap
 - :mod:`common.losses`      the hard-label loss and the multi-label knowledge-distillation loss
 - :mod:`common.checkpoint`  atomic checkpoint writing, resume state, ``load_model_from_checkpoint``
+- :mod:`common.image_cache` the uint8 image cache built once (``python -m common.image_cache``) and its batch reader;
+  :mod:`common.device_augment` the train/eval views of uint8 batches on the device; :mod:`common.threads` threads
+  and loader workers sharing the cores; :mod:`common.distributed` torchrun processes (DDP, gathered evaluation)
 - :mod:`common.engine`      the one training engine (``fit``, ``train_one_epoch``) and ``predict_logits``
 - :mod:`common.split_data`, :mod:`common.arguments`, :mod:`common.layout`, :mod:`common.run_setup`,
   :mod:`common.scoring`     what the commands share: a split's loaders, flag groups, where folders keep their

@@ -11,7 +11,6 @@ from pathlib import Path
 from .data import LABEL_VERSIONS, NAMED_SPLITS
 from .errors import (ArgumentParser, UserError, non_negative_float, non_negative_int, positive_float, positive_int,
                      unit_fraction)
-from .split_data import default_workers
 
 
 def add_data_arguments(parser: ArgumentParser) -> None:
@@ -29,8 +28,14 @@ def add_data_arguments(parser: ArgumentParser) -> None:
                             "official; the inline labels for labelled lists)")
     group.add_argument("--val-fraction", type=unit_fraction, default=0.1,
                        help="share of train_val patients held out for validation in the official split (default 0.1)")
-    group.add_argument("--workers", type=non_negative_int, default=default_workers(),
-                       help="DataLoader worker processes (default: CPU cores, at most 8; original: 4)")
+    group.add_argument("--workers", type=non_negative_int, default=None,
+                       help="DataLoader worker processes (default: chosen with --threads to share the cores, printed "
+                            "at the start; original: 4)")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="torch intra-op threads of the training process (default: the cores the workers leave)")
+    group.add_argument("--image-cache", default=None,
+                       help="folder of the image cache built with python -m common.image_cache (one read per batch, "
+                            "augmentation on the device); default: decode the PNGs")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
 
 
@@ -57,6 +62,8 @@ def add_training_arguments(parser: ArgumentParser) -> None:
                             "download the published ImageNet file (needs the network); default: random init")
     group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     group.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too (default: bf16/fp16 AMP)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the training forward pass with torch.compile (slower start, faster steps)")
     group.add_argument("--eval-batch-size", type=positive_int, default=None, help="default: 2 x --batch-size")
     group = parser.add_argument_group("output")
     group.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: the script's folder)")
@@ -99,7 +106,7 @@ def add_localization_arguments(parser: ArgumentParser) -> None:
 RESUMED_FLAGS = ("data_dir", "split", "label_file", "val_fraction", "seed", "epochs", "batch_size", "lr",
                  "weight_decay", "warmup_epochs", "clip_grad", "pos_weight", "img_size", "crop_scale", "pretrained",
                  "no_amp", "eval_batch_size", "alpha", "temperature", "teacher_mode", "ensemble_weights",
-                 "student_init", "cache_dir")
+                 "student_init", "cache_dir", "image_cache")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
@@ -142,6 +149,8 @@ def make_paths_absolute(args) -> None:
     work from any folder and compare equal however the path was typed."""
     if getattr(args, "data_dir", None):
         args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    if getattr(args, "image_cache", None):
+        args.image_cache = str(Path(args.image_cache).expanduser().resolve())
     split = getattr(args, "split", None)
     if split and split not in NAMED_SPLITS and Path(split).is_dir():
         args.split = str(Path(split).resolve())

@@ -1,8 +1,9 @@
 """The whole story on the embedded synthetic sample, on a CPU in minutes: ``python -m common.demo``.
 
-Generates a synthetic CXR8-format data set, trains folders 1-5 briefly, tests them, distils each teacher and the
-ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table and chart. Each
-test writes a Grad-CAM sheet and prints the localisation table on the synthetic box list. Everything
+Generates a synthetic CXR8-format data set, builds its image cache, trains folders 1-5 briefly, tests them, distils
+each teacher and the ensemble into EEEA-Net-C2 (cached teacher logits), and writes the before/after comparison table
+and chart. Every command reads the images from the cache (``--image-cache``), as the README's real-data story does.
+Each test writes a Grad-CAM sheet and prints the localisation table on the synthetic box list. Everything
 goes under ``--output-dir`` (default ``demo-run/``), laid out like the repository's numbered folders, so the real
 folders' checkpoints are never touched.
 """
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from . import compare, distill, evaluation, training
 from .constants import DISTILL_FOLDER
+from .data import build_split, eval_resize, read_labelled_list
 from .errors import ArgumentParser, non_negative_int, positive_int, run_main
-from .models import model_folders
-from .data import read_labelled_list
+from .image_cache import build_image_cache
 from .localization import read_bbox_list
+from .models import model_folders
 from .synthetic import BBOX_NAME, generate_synthetic_cxr8
 
 # Grad-CAM sheet of each test: the CAM_K most probable test images per class.
@@ -33,16 +35,24 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--patients", type=positive_int, default=300, help="synthetic patients (default 300)")
     parser.add_argument("--img-size", type=positive_int, default=64, help="model input size (default 64)")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
-    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("--workers", type=non_negative_int, default=None,
+                        help="DataLoader workers (default: chosen with the threads to share the cores)")
     parser.add_argument("--folders", default="1,2,3,4,5", help="which model folders to train (default 1,2,3,4,5)")
     parser.add_argument("--skip-distillation", action="store_true", help="stop after training and testing 1-5")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 
-def _common_flags(data_dir: Path, args) -> list[str]:
+def _loader_flags(args, cache_dir: Path) -> list[str]:
+    # Without --workers each command chooses threads and workers together: on a small, shared CPU one thread per
+    # busy process avoids OpenMP threads waiting for each other.
+    workers = [] if args.workers is None else ["--workers", str(args.workers)]
+    return [*workers, "--device", "cpu", "--image-cache", str(cache_dir)]
+
+
+def _common_flags(data_dir: Path, args, cache_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir / "images"), "--split", str(data_dir / "labels"),
-            "--workers", str(args.workers), "--device", "cpu"]
+            *_loader_flags(args, cache_dir)]
 
 
 def _train_flags(args, epochs: int) -> list[str]:
@@ -59,6 +69,11 @@ def main(argv=None) -> int:
     if not (data_dir / "labels" / "test_list.txt").is_file():
         print(f"generating the synthetic CXR8 sample in {data_dir}")
         generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed)
+    # One cache at the eval size of the demo's input size, so that the cached eval view is the PNG path's.
+    cache_dir = root / "image-cache"
+    split = build_split(str(data_dir / "labels"), None, 0.1, args.seed)
+    build_image_cache(data_dir / "images", sorted({n for part in split.parts.values() for n in part.names}),
+                      cache_dir, size=eval_resize(args.img_size), workers=max(1, args.workers or 1))
     folders = [int(k) for k in args.folders.split(",") if k.strip()]
     # The synthetic generator boxes its drawn findings like the NIH list; the split of the demo (labels/) is another
     # partition than the boxed test list, so the tables say how many of the boxes fall on its test images.
@@ -75,23 +90,22 @@ def main(argv=None) -> int:
         folder, model_name = model_folders()[index]
         out = root / folder
         print(f"\n===== {folder}: training {model_name} =====")
-        training.main(_common_flags(data_dir, args) + _train_flags(args, DEMO_EPOCHS[index]),
+        training.main(_common_flags(data_dir, args, cache_dir) + _train_flags(args, DEMO_EPOCHS[index]),
                       model=model_name, index=index, folder=out)
         print(f"\n===== {folder}: testing model{index}.pth =====")
-        evaluation.main(["--workers", str(args.workers), "--device", "cpu", "--cam", str(CAM_K),
-                         *localization], model=model_name, index=index, folder=out)
+        evaluation.main(_loader_flags(args, cache_dir) + ["--cam", str(CAM_K), *localization],
+                        model=model_name, index=index, folder=out)
         report = json.loads((out / f"model{index}-test.json").read_text())
         summary[f"model{index}"] = report["mean_auroc"]
     student_dir = root / DISTILL_FOLDER
     if not args.skip_distillation:
-        flags = _common_flags(data_dir, args) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
+        flags = _common_flags(data_dir, args, cache_dir) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
         print("\n===== 6: distilling every teacher into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "all"], folder=student_dir)
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
         print("\n===== 6: before / after comparison =====")
-        compare.main(["--workers", str(args.workers), "--device", "cpu", *localization],
-                     folder=student_dir)
+        compare.main(_loader_flags(args, cache_dir) + localization, folder=student_dir)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))

@@ -19,15 +19,16 @@ from .arguments import add_data_arguments, add_training_arguments, make_paths_ab
 from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_atomic
 from .constants import NUM_CLASSES, STUDENT_MODEL
 from .data import eval_resize
-from .progress import progress
+from .distributed import Distributed
 from .errors import ArgumentParser, UserError, positive_float, unit_fraction
+from .identity import check_unseen_patients, differences, file_sha256, precision_name
 from .layout import folder_model_path, output_dir_for, teachers_root
 from .losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
 from .models import model_folders
+from .progress import progress
 from .run_folder import remove_stale_temporaries
 from .run_setup import TrainingRun, setup_training, training_data
-from .identity import check_unseen_patients, data_identity, differences, file_sha256, precision_name
-from .split_data import SplitData, eval_transform_for
+from .split_data import SplitData
 
 SAVE_EVERY_BATCHES = 50  # how often an interrupted cache build can resume from
 
@@ -131,21 +132,45 @@ def cache_key(teacher: Teacher, data: SplitData, device, amp_dtype) -> dict:
     rebuilt cache."""
     part = data.split.parts["train"]
     names_digest = hashlib.sha256("\n".join(part.names).encode()).hexdigest()
-    pixels = data_identity(data.data_dir, data.index, part.names)
+    pixels = data.identity(part.names)
     return {"teacher_sha256": teacher.sha256, "split": data.split.name, "labels": data.split.labels,
             "images_sha256": names_digest, "n_images": len(part), "num_classes": NUM_CLASSES,
             "data_dir": pixels["data_dir"], "files_sha256": pixels["files_sha256"],
             "device": torch.device(device).type, "precision": precision_name(amp_dtype),
-            "view": f"resize {eval_resize(teacher.img_size)} + centre crop {teacher.img_size}",
+            "view": f"resize {eval_resize(teacher.img_size)} + centre crop {teacher.img_size}"
+                    + (f" of the {data.cache.size}-px image cache {data.cache.fingerprint}" if data.cache else ""),
             "mean": list(teacher.mean), "std": list(teacher.std)}
 
 
 def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batch_size: int, device,
-                        amp_dtype) -> torch.Tensor:
-    """fp16 teacher logits [N, C] for the training part, computed once, resumable, rebuilt when stale."""
-    key = cache_key(teacher, data, device, amp_dtype)
+                        amp_dtype, distributed: Distributed | None = None) -> torch.Tensor:
+    """fp16 teacher logits [N, C] for the training part, computed once, resumable, rebuilt when stale.
+
+    With the image cache the teacher sees its eval view computed on the device from the cached images. Under
+    torchrun rank 0 builds (or checks) the file while the others wait, then they read it."""
+    distributed = distributed or Distributed()
+    if not distributed.is_main:
+        distributed.barrier()
+        key = cache_key(teacher, data, device, amp_dtype)
+        path = cache_dir / _cache_name(teacher, key)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("key") != key or state["filled"] != key["n_images"]:
+            raise UserError(f"teacher cache {path} written by rank 0 does not match this process's view of the data")
+        return state["logits"]
+    logits = _build_or_load_cache(teacher, data, cache_dir, batch_size, device, amp_dtype)
+    distributed.barrier()
+    return logits
+
+
+def _cache_name(teacher: Teacher, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"teacher{teacher.index or ''}-{teacher.checkpoint['model_name']}-{digest}.pt"
+    return f"teacher{teacher.index or ''}-{teacher.checkpoint['model_name']}-{digest}.pt"
+
+
+def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batch_size: int, device,
+                         amp_dtype) -> torch.Tensor:
+    key = cache_key(teacher, data, device, amp_dtype)
+    path = cache_dir / _cache_name(teacher, key)
     state = None
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -164,19 +189,29 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
     remove_stale_temporaries(cache_dir, path.name)  # a kill during a save leaves one behind
     if state is None:
         state = {"key": key, "filled": 0, "logits": torch.zeros(key["n_images"], NUM_CLASSES, dtype=torch.float16)}
-    dataset = data.dataset("train", eval_transform_for({"mean": teacher.mean, "std": teacher.std}, teacher.img_size))
-    remaining = torch.utils.data.Subset(dataset, range(state["filled"], len(dataset)))
-    # Its own generator: building the cache must not draw from the global random state, so that a run which finds
-    # the cache built trains exactly like the run which built it.
-    loader = torch.utils.data.DataLoader(remaining, batch_size=batch_size, shuffle=False, num_workers=data.workers,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    loader, augment = data.batches("train", "eval", teacher.img_size, teacher.mean, teacher.std, batch_size)
+    # Only the images not yet in the file: the positions from `filled` on, in order. The loaders get their own
+    # generator: building the cache must not draw from the global random state, so that a run which finds the cache
+    # built trains exactly like the run which built it.
+    remaining = range(state["filled"], len(loader.dataset))
+    if data.cache is not None:
+        loader = torch.utils.data.DataLoader(
+            loader.dataset, sampler=torch.utils.data.BatchSampler(remaining, batch_size, False), batch_size=None,
+            num_workers=data.workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    else:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, remaining), batch_size=batch_size,
+                                             shuffle=False, num_workers=data.workers, pin_memory=device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(0))
     teacher.model.to(device)
     with torch.no_grad():
         bar = progress(loader, f"teacher cache {path.name}", unit="batch", initial=state["filled"] // batch_size,
                        total=state["filled"] // batch_size + len(loader))
         for step, batch in enumerate(bar, start=1):
+            images = batch["image"].to(device, non_blocking=True)
+            if augment is not None:
+                images = augment(images)  # the eval view of the cached uint8 batch, made on the device
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = teacher.model(batch["image"].to(device, non_blocking=True)).float()
+                logits = teacher.model(images).float()
             count = logits.shape[0]
             state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
             state["filled"] += count
@@ -219,8 +254,8 @@ def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: 
         source = OnlineTeachers(teachers, run.info.mean, run.info.std, run.device)
     else:
         batch_size = args.eval_batch_size or 2 * args.batch_size
-        source = CachedTeachers([build_or_load_cache(t, run.data, cache_dir, batch_size, run.device, run.amp_dtype)
-                                 for t in teachers], run.device)
+        source = CachedTeachers([build_or_load_cache(t, run.data, cache_dir, batch_size, run.device, run.amp_dtype,
+                                                     run.distributed) for t in teachers], run.device)
     return DistillationCriterion(kd_loss, source)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoint import rng_state, save_atomic, seed_everything
 from .constants import CLASS_NAMES
+from .distributed import Distributed, is_main_process
 from .errors import UserError
 from .losses import LabelLoss
 from .metrics import choose_thresholds, mean_auroc, per_class_auroc
@@ -92,16 +93,23 @@ class SupervisedCriterion:
         return self.label_loss(logits, batch["target"])
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+def _to_device(batch: dict, device: torch.device, channels_last: bool, augment=None) -> dict:
     images = batch["image"].to(device, non_blocking=True)
+    if augment is not None:
+        # Image-cache batches arrive as uint8 [B, S, S]: cropped, flipped and normalised here, on the device.
+        images = augment(images)
     if channels_last and images.ndim == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     return {**batch, "image": images, "target": batch["target"].to(device, non_blocking=True)}
 
 
 def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, device, amp_dtype,
-                    epoch: int, epochs: int, clip_grad: float | None = None, channels_last: bool = False) -> dict:
-    """One pass over ``loader``; returns the sample-weighted mean loss, images per second and seconds."""
+                    epoch: int, epochs: int, clip_grad: float | None = None, channels_last: bool = False,
+                    augment=None) -> dict:
+    """One pass over ``loader``; returns the sample-weighted mean loss, images per second and seconds.
+
+    ``augment``: None when the loader's batches are model inputs already (PNG path), else a callable that turns
+    the device batch into them (:meth:`common.split_data.SplitData.batches`)."""
     model.train()
     total_loss = torch.zeros((), device=device)  # summed on the device; read only when logging
     seen = skipped = step = 0
@@ -109,7 +117,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
     start = time.perf_counter()
     bar = progress(loader, f"epoch {epoch}/{epochs} train", unit="batch")
     for step, batch in enumerate(bar, start=1):
-        batch = _to_device(batch, device, channels_last)
+        batch = _to_device(batch, device, channels_last, augment)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"])
             loss = criterion(logits, batch)
@@ -152,16 +160,18 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, scaler, devi
 
 
 @torch.no_grad()
-def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channels_last: bool = False):
-    """Run ``model`` over ``loader`` in eval mode.
+def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channels_last: bool = False,
+                   augment=None, with_index: bool = False):
+    """Run ``model`` over ``loader`` in eval mode (``augment`` as in :func:`train_one_epoch`).
 
-    Returns ``(logits, targets)`` as float32/uint8 arrays. Ten-crop batches ``[B, 10, 3, H, W]`` give the logit of the
+    Returns ``(logits, targets)`` as float32/uint8 arrays, and with ``with_index`` also the dataset positions
+    (int64) of the rows, to gather the shards of several processes. Ten-crop batches ``[B, 10, 3, H, W]`` give the logit of the
     mean crop probability, so that ``sigmoid`` of the result is the crop-averaged probability.
     """
     model.eval()
-    all_logits, all_targets = [], []
+    all_logits, all_targets, all_index = [], [], []
     for batch in progress(loader, desc, unit="batch"):
-        batch = _to_device(batch, device, channels_last)
+        batch = _to_device(batch, device, channels_last, augment)
         images = batch["image"]
         if images.ndim == 5:
             size, crops = images.shape[:2]
@@ -172,9 +182,13 @@ def predict_logits(model, loader, device, amp_dtype, desc: str = "eval", channel
             logits = _fp32_head_logits(model, images, device, amp_dtype)
         all_logits.append(logits.cpu())
         all_targets.append(batch["target"].cpu())
+        if with_index:
+            all_index.append(torch.as_tensor(batch["index"]).cpu())
     if not all_logits:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.uint8)
-    return torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy().astype(np.uint8)
+        empty = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.uint8)
+        return (*empty, np.zeros(0, np.int64)) if with_index else empty
+    result = torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy().astype(np.uint8)
+    return (*result, torch.cat(all_index).numpy().astype(np.int64)) if with_index else result
 
 
 def _fp32_head_logits(model, images, device, amp_dtype) -> torch.Tensor:
@@ -239,7 +253,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "torch.utils.data.DataLoader"],
         val_loader, settings: OptimiserSettings, paths: CheckpointPaths, device: torch.device, amp_dtype,
-        metadata: dict, resume_state: dict | None = None, channels_last: bool = False) -> dict:
+        metadata: dict, resume_state: dict | None = None, channels_last: bool = False, augment_for_epoch=None,
+        val_augment=None, distributed: Distributed | None = None, compile_model: bool = False) -> dict:
     """Train ``model`` with ``criterion``, choosing the checkpoint on validation mean AUROC.
 
     Args:
@@ -252,10 +267,17 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
         paths: where the best and last checkpoints, the log and the curves go.
         metadata: recorded in every checkpoint (model, classes, split, config, ...).
         resume_state: a ``-last.pth`` dict to continue from (model, optimizer, scheduler, scaler, RNG, epoch).
+        augment_for_epoch: ``epoch -> augment`` for the training batches (image cache), None for the PNG path;
+            ``val_augment`` likewise for the validation batches.
+        distributed: this process's place in a torchrun run (default: one process). The model trains wrapped in
+            DistributedDataParallel, the validation predictions of all processes are gathered, and only rank 0
+            writes files.
+        compile_model: compile the training forward pass (``--compile``).
 
     Writes ``paths.best`` when the validation mean AUROC improves, ``paths.last`` (everything needed to resume),
     a log row and the curves after every epoch. Returns ``{"best", "best_val_mean_auroc", "best_epoch"}``.
     """
+    distributed = distributed or Distributed()
     steps_per_epoch = len(train_loader_for_epoch(1))
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
     scheduler = build_scheduler(optimizer, settings.epochs, steps_per_epoch, settings.warmup_epochs)
@@ -270,26 +292,33 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
         scaler.load_state_dict(resume_state["scaler"])
         start_epoch = resume_state["epoch"] + 1
         best_auroc, best_epoch = resume_state["best_val_mean_auroc"], resume_state["best_epoch"]
-        if "log_rows" in resume_state:
-            # The rows saved with the weights: the log matches them whichever write a kill interrupted.
-            log.restore([row for row in resume_state["log_rows"] if int(row["epoch"]) <= resume_state["epoch"]])
-        else:
-            log.truncate_to(resume_state["epoch"])
+        if distributed.is_main:  # the log is rank 0's
+            if "log_rows" in resume_state:
+                # The rows saved with the weights: the log matches them whichever write a kill interrupted.
+                log.restore([row for row in resume_state["log_rows"] if int(row["epoch"]) <= resume_state["epoch"]])
+            else:
+                log.truncate_to(resume_state["epoch"])
         print(f"resuming {paths.last} at epoch {start_epoch} (best so far {best_auroc:.4f} at epoch {best_epoch})")
     else:
         log.start_over()  # an old log stays as it is until the first new epoch replaces it
 
+    # Wrapped after the resumed weights are in: DDP broadcasts rank 0's weights when it wraps.
+    train_model = distributed.prepare(model, device, compile_model)
     print(f"training {metadata['model_name']} on {device} "
           f"({'AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}), "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, writing {paths.best}")
     said = set()  # validation warnings (an n/a AUROC, a class without positives) are said once per run
     for epoch in range(start_epoch, settings.epochs + 1):
         seed_everything(epoch_seed(settings.seed, epoch))
-        stats = train_one_epoch(model, criterion, train_loader_for_epoch(epoch), optimizer, scheduler, scaler,
+        stats = train_one_epoch(train_model, criterion, train_loader_for_epoch(epoch), optimizer, scheduler, scaler,
                                 device, amp_dtype, epoch, settings.epochs, clip_grad=settings.clip_grad or None,
-                                channels_last=channels_last)
-        logits, targets = predict_logits(model, val_loader, device, amp_dtype, desc=f"epoch {epoch} val",
-                                         channels_last=channels_last)
+                                channels_last=channels_last,
+                                augment=augment_for_epoch(epoch) if augment_for_epoch else None)
+        stats = distributed.reduce_epoch_stats(stats)
+        distributed.sync_buffers(model)
+        logits, targets, positions = predict_logits(model, val_loader, device, amp_dtype, desc=f"epoch {epoch} val",
+                                                    channels_last=channels_last, augment=val_augment, with_index=True)
+        logits, targets = distributed.gather_predictions(logits, targets, positions, len(val_loader.dataset))
         if not np.isfinite(logits).all():
             raise UserError(f"the validation scores became non-finite at epoch {epoch} (the weights diverged); "
                             f"lower --lr (now {settings.lr:g}); {paths.last.name} and the log keep the last good epoch")
@@ -310,9 +339,12 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
                  "val_auroc": [None if a is None else float(a) for a in aurocs]}
         if improved:
             best_auroc, best_epoch = float(val_auroc), epoch
-            save_atomic({**state, "kind": "best", "model": model.state_dict(),
-                         "val_thresholds": [float(t) for t in thresholds]}, paths.best)
+            if distributed.is_main:  # the other processes hold the same weights; one writes them
+                save_atomic({**state, "kind": "best", "model": model.state_dict(),
+                             "val_thresholds": [float(t) for t in thresholds]}, paths.best)
             print(f"Model saved as {paths.best.name} (best validation mean AUROC {best_auroc:.4f})")
+        if not distributed.is_main:
+            continue
         terms = stats.get("terms", {})
         row = {"epoch": str(epoch), "train_loss": f"{stats['loss']:.6f}",
                "train_hard_loss": f"{terms['hard']:.6f}" if "hard" in terms else "",
@@ -331,6 +363,8 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
     if best_epoch == 0:
         raise UserError("validation mean AUROC was undefined in every epoch (each class has a single label value "
                         "in the validation part); no checkpoint was chosen")
+    # The next run of the process (--teacher all) may read what rank 0 has just written.
+    distributed.barrier()
     print(f"best validation mean AUROC {best_auroc:.4f} at epoch {best_epoch}: {paths.best}")
     summary = {"best": str(paths.best), "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch}
     print(json.dumps(summary))

@@ -23,7 +23,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line (no usage block) and exit with code 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # Under torchrun only rank 0 prints a bad flag; every process exits with 2.
+        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def run_main(main, argv=None, **kwargs) -> int:
@@ -35,7 +36,10 @@ def run_main(main, argv=None, **kwargs) -> int:
     try:
         result = main(argv, **kwargs)
     except UserError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
+        # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in FILESYSTEM_ERRNOS:

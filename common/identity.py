@@ -55,11 +55,24 @@ def files_fingerprint(paths) -> str:
     return digest.hexdigest()
 
 
-def data_identity(data_dir: Path, index: dict, names) -> dict:
-    """The pixels a run read: folder, image count and :func:`files_fingerprint` of the ``names`` it used."""
+def data_identity(data_dir: Path, index: dict, names, cache=None) -> dict:
+    """The pixels a run read: folder, image count and :func:`files_fingerprint` of the ``names`` it used.
+
+    With ``cache`` (a :class:`common.image_cache.ImageCache`, checked against ``data_dir`` when opened) the pixels
+    come from the cache: the fingerprint is taken from the cache's files table (the same value the files give, as
+    the cache was checked to be current) and ``image_cache`` records the cache's size and fingerprint, since its
+    resized pixels differ from the PNGs'."""
     names = sorted(set(names))
-    return {"data_dir": str(data_dir), "images": len(names),
-            "files_sha256": files_fingerprint(index[name] for name in names)}
+    if cache is None:
+        return {"data_dir": str(data_dir), "images": len(names),
+                "files_sha256": files_fingerprint(index[name] for name in names)}
+    recorded = {name: (size, mtime) for name, size, mtime in cache.records}
+    digest = hashlib.sha256()
+    for name in names:
+        size, mtime = recorded[name]
+        digest.update(f"{name}\t{size}\t{mtime}\n".encode())
+    return {"data_dir": str(data_dir), "images": len(names), "files_sha256": digest.hexdigest(),
+            "image_cache": {"directory": str(cache.directory), "size": cache.size, "fingerprint": cache.fingerprint}}
 
 
 def split_identity(split: Split, val_fraction: float, seed: int) -> dict:

@@ -5,9 +5,12 @@ import sys
 
 from tqdm import tqdm
 
+from .distributed import is_main_process
 
-def progress(iterable, desc: str, **kwargs):
-    """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal."""
+
+def progress(iterable, desc: str, disable: bool = False, **kwargs):
+    """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal, and shown by one
+    process only under torchrun."""
     interactive = sys.stderr.isatty()
     return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30,
-                **kwargs)
+                disable=disable or not is_main_process(), **kwargs)

@@ -14,19 +14,22 @@ import torch
 from .arguments import recorded_config, restore_resumed_flags
 from .checkpoint import git_commit, load_checkpoint, seed_everything
 from .constants import CLASS_NAMES, NUM_CLASSES
-from .data import build_transform
-from .engine import CheckpointPaths, OptimiserSettings, amp_dtype_for, fit, resolve_device
+from .distributed import Distributed, is_main_process, processes_per_node, setup_distributed
+from .engine import CheckpointPaths, OptimiserSettings, amp_dtype_for, fit
 from .errors import UserError
 from .models import ModelInfo, create_model, load_pretrained, model_info
-from .identity import data_identity, differences, precision_name, run_identity, split_identity, weights_identity
+from .identity import differences, precision_name, run_identity, split_identity, weights_identity
 from .run_folder import OutputLock, prepare_output_dir, remove_stale_temporaries
-from .split_data import SplitData, eval_transform_for
+from .split_data import SplitData
+from .threads import apply_thread_choice
 
 
 def training_data(args) -> SplitData:
-    """The split and image index a training run reads (train and val parts)."""
+    """The split and image index a training run reads (train and val parts), from ``--image-cache`` when given;
+    chooses the threads and loader workers (``--threads``, ``--workers``)."""
+    apply_thread_choice(args, cached=bool(getattr(args, "image_cache", None)), processes=processes_per_node())
     return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
-                     parts=("train", "val"), workers=args.workers)
+                     parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None))
 
 
 def resume_state_for(args, paths: CheckpointPaths, model_name: str) -> dict | None:
@@ -75,19 +78,20 @@ class TrainingRun:
     lock: OutputLock | None = None  # held on the output folder from setup to the end of fit
     channels_last: bool = field(default=False)
     identity: dict | None = None  # split, pixels and recipe (run_identity); distillation adds to its recipe
+    distributed: Distributed = field(default_factory=Distributed)  # this process's place in a torchrun run
 
     def fit(self, criterion, args, extra_metadata: dict | None = None) -> dict:
         """Train with ``criterion`` and the schedule of ``args``; see :func:`common.engine.fit`."""
         info, data = self.info, self.data
-        train_transform = build_transform(args.img_size, info.mean, info.std, train=True,
-                                          crop_scale=(args.crop_scale, 1.0))
-        val_loader = data.loader("val", eval_transform_for({"mean": info.mean, "std": info.std}, args.img_size),
-                                 args.eval_batch_size or 2 * args.batch_size, shuffle=False)
+        val_loader, val_augment = data.batches("val", "eval", args.img_size, info.mean, info.std,
+                                               args.eval_batch_size or 2 * args.batch_size,
+                                               distributed=self.distributed)
         train_size = len(data.split.parts["train"])
 
-        def train_loader(epoch: int):
-            return data.loader("train", train_transform, args.batch_size, shuffle=True,
-                               seed=args.seed * 1000 + epoch, drop_last=train_size > args.batch_size)
+        def train_batches(epoch: int):
+            return data.batches("train", "train", args.img_size, info.mean, info.std, args.batch_size,
+                                crop_scale=args.crop_scale, seed=args.seed, epoch=epoch,
+                                drop_last=train_size > args.batch_size, distributed=self.distributed)
 
         metadata = {
             "model_name": self.model_name, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
@@ -99,8 +103,11 @@ class TrainingRun:
         settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                      warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, seed=args.seed)
         try:
-            return fit(self.model, criterion, train_loader, val_loader, settings, self.paths, self.device,
-                       self.amp_dtype, metadata, resume_state=self.resume_state, channels_last=self.channels_last)
+            return fit(self.model, criterion, lambda epoch: train_batches(epoch)[0], val_loader, settings,
+                       self.paths, self.device, self.amp_dtype, metadata, resume_state=self.resume_state,
+                       channels_last=self.channels_last, augment_for_epoch=lambda epoch: train_batches(epoch)[1],
+                       val_augment=val_augment, distributed=self.distributed,
+                       compile_model=getattr(args, "compile", False))
         finally:
             self.release()
 
@@ -120,13 +127,16 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     same images). When the state to resume has finished every epoch already, the returned run has ``finished`` set
     and nothing else to do.
     """
-    output_dir = prepare_output_dir(output_dir)
-    lock = OutputLock(output_dir, prefix)
-    lock.acquire()
+    lock = None
+    if is_main_process():  # under torchrun rank 0 owns the folder; the other processes write nothing there
+        output_dir = prepare_output_dir(output_dir)
+        lock = OutputLock(output_dir, prefix)
+        lock.acquire()
     try:
-        run = _setup_locked(args, model_name, prefix, output_dir, init_source, data)
+        run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     run.lock = lock
     if run.finished:
@@ -134,8 +144,9 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     return run
 
 
-def _setup_locked(args, model_name, prefix, output_dir, init_source, data) -> TrainingRun:
-    remove_stale_temporaries(output_dir, prefix)
+def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool) -> TrainingRun:
+    if sweep:
+        remove_stale_temporaries(output_dir, prefix)
     paths = CheckpointPaths.for_prefix(output_dir, prefix)
     resume_state = resume_state_for(args, paths, model_name)
     info = model_info(model_name)
@@ -146,13 +157,13 @@ def _setup_locked(args, model_name, prefix, output_dir, init_source, data) -> Tr
         return TrainingRun(model_name, info, paths, torch.device("cpu"), None, None, None, resume_state, finished)
 
     seed_everything(args.seed)
-    device = resolve_device(args.device)
+    distributed, device = setup_distributed(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     data = data or training_data(args)
     print(data.split.describe())
     identity = run_identity(
         split_identity(data.split, args.val_fraction, args.seed),
-        data_identity(data.data_dir, data.index, data.split.parts["train"].names + data.split.parts["val"].names),
+        data.identity(data.split.parts["train"].names + data.split.parts["val"].names),
         training_recipe(args, amp_dtype, init_source if resume_state is None else None))
     if resume_state is not None:
         check_same_run(resume_state, identity)
@@ -167,7 +178,7 @@ def _setup_locked(args, model_name, prefix, output_dir, init_source, data) -> Tr
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return TrainingRun(model_name, info, paths, device, amp_dtype, data, model, resume_state,
-                       channels_last=channels_last, identity=identity)
+                       channels_last=channels_last, identity=identity, distributed=distributed)
 
 
 def training_recipe(args, amp_dtype, init_source) -> dict:
@@ -186,7 +197,7 @@ def check_same_run(resume_state: dict, identity: dict) -> None:
         raise UserError(f"--resume: {resume_state['path']} records no run identity (made by an older version); "
                         "start again with --overwrite")
     found = (differences(recorded["split"], identity["split"], ("split", "label_source", "val_fraction", "seed"))
-             + differences(recorded["data"], identity["data"], ("data_dir", "images", "files_sha256"),
+             + differences(recorded["data"], identity["data"], ("data_dir", "images", "files_sha256", "image_cache"),
                            describe=lambda key: {"files_sha256": "image files (name, size, time)"}.get(key, key))
              + differences(recorded["recipe"], identity["recipe"], ("precision",)))
     if found:

@@ -18,13 +18,13 @@ from .checkpoint import load_model_from_checkpoint
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .engine import amp_dtype_for, predict_logits, resolve_device, sigmoid
 from .errors import UserError
-from .identity import check_unseen_patients, data_identity, file_sha256, precision_name, run_identity, split_identity
 from .data import LABEL_VERSIONS, Split, SplitPart, build_split
 from .external import read_predictions_csv
+from .identity import check_unseen_patients, file_sha256, precision_name, run_identity, split_identity
 from .metrics import (choose_thresholds, evaluation_report, format_auroc_lines, format_metrics_table,
                       patient_bootstrap_auroc_ci)
 from .plots import plot_roc_curves
-from .split_data import SplitData, eval_transform_for, split_data_for
+from .split_data import SplitData, split_data_for
 from .subgroups import AGE_BANDS, SEXES, VIEWS, Demographics, calibration, plot_reliability, read_demographics, \
     subgroup_aurocs
 
@@ -74,20 +74,20 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     device = resolve_device(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     model.to(device)
-    transform = eval_transform_for({"mean": checkpoint["mean"], "std": checkpoint["std"]}, checkpoint["img_size"],
-                                   tencrop=args.tencrop)
+    view = ("tencrop" if args.tencrop else "eval", checkpoint["img_size"], checkpoint["mean"], checkpoint["std"])
     batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
     part_data = data.split.parts[part]
     identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
-                            data_identity(data.data_dir, data.index, part_data.names),
+                            data.identity(part_data.names),
                             {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
                              "crop": "ten-crop" if args.tencrop else "centre crop",
                              "precision": precision_name(amp_dtype) + " body, fp32 head",
                              "trained": checkpoint.get("identity")})
     logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not args.tencrop else None
     if logits is None:
-        loader = data.loader(part, transform, batch_size, shuffle=False)
-        logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}")
+        loader, augment = data.batches(part, *view, batch_size)  # augment: the eval view on the device (image cache)
+        logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}",
+                                         augment=augment)
     else:
         print(f"reusing the test predictions of {checkpoint_path.name} (same checkpoint, images, view and precision)")
         targets = part_data.labels.astype(np.uint8)
@@ -96,8 +96,8 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     threshold_view = "centre crop (chosen when the checkpoint was saved)"
     if args.tencrop:
         # Thresholds must come from the view they are applied to: ten-crop probabilities are smoother.
-        val_loader = data.loader("val", transform, batch_size, shuffle=False)
-        val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype,
+        val_loader, val_augment = data.batches("val", *view, batch_size)
+        val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype, augment=val_augment,
                                                  desc=f"{checkpoint_path.name} val (ten-crop thresholds)")
         thresholds = choose_thresholds(val_targets, sigmoid(val_logits), CLASS_NAMES)
         threshold_view = "ten-crop (chosen now on the validation part)"

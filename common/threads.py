@@ -58,3 +58,21 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
         over = " (more than the cores: expect contention)" if threads + workers > cores else ""
         print(f"threads: {threads} intra-op thread(s) + {workers} loader worker(s) on {cores} core(s){over}; {how}")
     return threads, workers
+
+
+def apply_thread_choice(args, cached: bool, processes: int = 1) -> tuple[int, int]:
+    """Choose threads and workers for a command from its ``--threads`` and ``--workers`` (None: choose), set
+    ``args.workers`` and ``args.threads`` to the choice and apply the threads with ``torch.set_num_threads``.
+
+    ``cached``: the loader reads batches from the image cache (``kind="read"``), else it decodes PNGs.
+    ``processes``: processes of the run on this machine (torchrun), which share its cores equally.
+    """
+    import torch  # torch is imported by every caller already; kept local so the rule above stays import-light
+
+    cores = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                // max(1, processes))
+    threads, workers = choose_threads_and_workers(getattr(args, "workers", None), getattr(args, "threads", None),
+                                                  cores=cores, kind="read" if cached else "decode")
+    torch.set_num_threads(threads)
+    args.workers, args.threads = workers, threads
+    return threads, workers

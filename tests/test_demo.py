@@ -14,6 +14,7 @@ def test_demo_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
                       "--folders", "1,2"]) == 0
     printed = capsys.readouterr().out
     assert "The average AUROC is" in printed and "demo finished" in printed
+    assert list((out / "image-cache").glob("manifest-*.json"))  # every command read the demo's image cache
     assert (out / "1-EEEA-Net-C2" / "model1.pth").is_file() and (out / "2-OFA-595" / "model2.pth").is_file()
     student_dir = out / DISTILL_FOLDER
     with open(student_dir / "comparison.csv") as stream:
