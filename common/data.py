@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit
 from torchvision import transforms
 
 from .constants import CLASS_NAMES, NUM_CLASSES
 from .errors import UserError
-from .images import to_grayscale  # noqa: F401  (torch-free for the ONNX predictor; re-exported)
+from .images import load_png, to_grayscale  # noqa: F401  (torch-free for the ONNX predictor; re-exported)
 
 LABEL_VERSIONS = ("2017", "v2020")
 NAMED_SPLITS = ("official", "arnoweng")
@@ -363,16 +363,6 @@ def require_images(index: dict[str, Path], names: list[str], data_dir, workers: 
     if unreadable:
         raise UserError(f"{len(unreadable)} image(s) under {data_dir} are unreadable or not PNG files "
                         f"(first: {', '.join(str(index[n]) for n in unreadable[:3])})")
-
-
-def load_png(path: Path) -> Image.Image:
-    """Open one image as 8-bit grayscale; an unreadable file is a :class:`UserError` naming it."""
-    try:
-        with Image.open(path) as handle:
-            handle.load()
-            return to_grayscale(handle)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
 
 
 class PngImageSource:

@@ -2,8 +2,12 @@
 read images exactly as training and evaluation do."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -24,3 +28,14 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         # The few RGBA NIH files are opaque grey images; drop alpha before taking the luminance.
         image = image.convert("RGB")
     return image.convert("L")
+
+
+def load_png(path: Path) -> Image.Image:
+    """Open one image file (PNG, or any format Pillow reads) as 8-bit grayscale; an unreadable file is a
+    :class:`UserError` naming it."""
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return to_grayscale(handle)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .atomic import write_text_atomic
 from .constants import CLASS_NAMES, DISTILL_FOLDER
-from .images import to_grayscale
+from .images import load_png
 from .errors import ArgumentParser, UserError, positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -117,12 +117,7 @@ def read_image_any(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image {path} does not exist")
     if _is_dicom(path):
         return _read_dicom(path)
-    try:
-        with Image.open(path) as handle:
-            handle.load()
-            return to_grayscale(handle)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+    return load_png(path)
 
 
 def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
