@@ -32,6 +32,7 @@ def flags(synthetic, cache, out):
             "--image-cache", str(cache.directory), "--output-dir", str(out)]
 
 
+@pytest.mark.slow
 def test_train_and_test_with_the_image_cache(synthetic, cached, tmp_path, capsys):
     assert training.main(flags(synthetic, cached, tmp_path), model="eeea_c2", index=1) == 0
     checkpoint = load_checkpoint(tmp_path / "model1.pth")

@@ -148,6 +148,7 @@ def test_interrupted_build_resumes(images, cache, tmp_path, capsys):
     assert not (out / "build-256.json").exists() and not (out / "images-256.npy.partial").exists()
 
 
+@pytest.mark.slow
 def test_killed_build_resumes(images, cache, tmp_path):
     """A build killed with SIGKILL (no clean-up at all) resumes from the chunks it had recorded."""
     folder, names = images

@@ -171,6 +171,7 @@ def test_original_model3_and_timm_densenet(refs, tmp_path):
 
 # ---- Visformer-small --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_danczs_visformer_and_original_model4(refs, tmp_path):
     ref = refs["visformer_small"][1000]
     danczs = _danczs_visformer(ref)
@@ -185,6 +186,7 @@ def test_danczs_visformer_and_original_model4(refs, tmp_path):
 
 # ---- AutoFormerV2-base ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cream_darmo_original_and_timm_swin_layouts(refs, tmp_path):
     ref = refs["autoformerv2_base"][1000]
     cream = _cream_swin(ref)
@@ -200,6 +202,7 @@ def test_cream_darmo_original_and_timm_swin_layouts(refs, tmp_path):
     _load_and_compare(ref14, _save(tmp_path, original, "model5.pth"), "autoformerv2_base")
 
 
+@pytest.mark.slow
 def test_swin_checkpoint_from_another_input_size_gets_resized_tables(refs, tmp_path):
     # Built for 32 px, the third stage's attention window shrinks from 7 (at 64 px) to 4: timm's converter
     # resizes the relative-position tables, and the loader says so.

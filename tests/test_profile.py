@@ -93,6 +93,7 @@ def test_para_test_quiet_thop_hides_only_thop(capsys):
     assert "Total FLOPs: " + str(float(thop_total(create_model("eeea_c2"), 96))) in lines
 
 
+@pytest.mark.slow  # transformers, and an ONNX export each
 @pytest.mark.parametrize("name, original_lines, extra", [
     ("visformer_small",
      ["The total number of parameters: 40219592", "The parameters of Model Visformer: 40.219592M",

@@ -184,6 +184,7 @@ def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tm
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_tencrop_thresholds_come_from_tencrop_validation(trained, synthetic, capsys):
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
     argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--tencrop", "--n-boot", "20"]
