@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, the metadata every checkpoint carries, and the RNG state for exact resumes."""
+"""Checkpoint files: atomic torch.save, loading a checkpoint and its model, the git commit, seeding."""
 from __future__ import annotations
 
 import os
@@ -44,45 +44,6 @@ def git_commit(directory: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"
-
-
-def rng_state() -> dict:
-    """The state of every random generator a training run uses."""
-    state = {
-        "python": random.getstate(),
-        "numpy": _numpy_state_to_tensors(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved."""
-    random.setstate(_as_python_state(state["python"]))
-    np.random.set_state(_as_numpy_state(state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_python_state(state):
-    # weights_only loading turns the inner tuple into a list; random.setstate needs tuples.
-    version, internal, gauss = state
-    return version, tuple(internal), gauss
-
-
-def _numpy_state_to_tensors(state) -> dict:
-    # Plain tensors and numbers keep the checkpoint loadable with torch.load(weights_only=True).
-    kind, keys, position, has_gauss, cached = state
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _as_numpy_state(state: dict):
-    return (state["kind"], state["keys"].numpy().astype(np.uint32), state["position"], state["has_gauss"],
-            state["cached"])
 
 
 def seed_everything(seed: int) -> None:

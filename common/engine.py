@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import rng_state, save_atomic, seed_everything
+from .checkpoint import save_atomic, seed_everything
 from .constants import CLASS_NAMES
 from .distributed import Distributed, is_main_process
 from .errors import UserError
@@ -266,7 +266,8 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
         settings: optimiser and schedule.
         paths: where the best and last checkpoints, the log and the curves go.
         metadata: recorded in every checkpoint (model, classes, split, config, ...).
-        resume_state: a ``-last.pth`` dict to continue from (model, optimizer, scheduler, scaler, RNG, epoch).
+        resume_state: a ``-last.pth`` dict to continue from (model, optimizer, scheduler, scaler, epoch, log rows);
+            no random state is needed, since every epoch seeds its own draws (:func:`epoch_seed`).
         augment_for_epoch: ``epoch -> augment`` for the training batches (image cache), None for the PNG path;
             ``val_augment`` likewise for the validation batches.
         distributed: this process's place in a torchrun run (default: one process). The model trains wrapped in
@@ -355,7 +356,7 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
         # -last.pth first, carrying the log rows, then the log: after a kill between the two writes the resumed
         # run rebuilds the log from the checkpoint, so weights and log never disagree.
         save_atomic({**state, "kind": "last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                      "best_val_mean_auroc": best_auroc, "best_epoch": best_epoch,
                      "log_rows": log.rows() + [row]}, paths.last)
         log.append(row)

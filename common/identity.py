@@ -26,13 +26,6 @@ from .checkpoint import git_commit
 from .data import Split, build_split
 from .errors import UserError
 
-# Flags whose change makes a resumed run another run than the one it continues.
-SCHEDULE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip_grad", "crop_scale",
-                  "img_size", "pos_weight", "pretrained", "no_amp")
-SPLIT_FLAGS = ("split", "label_file", "val_fraction", "seed")
-DISTILLATION_FLAGS = ("alpha", "temperature", "teacher_mode", "ensemble_weights", "student_init")
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

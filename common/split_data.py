@@ -27,20 +27,6 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(value).expanduser()
 
 
-SPLIT_KEYS = ("split", "label_file", "val_fraction", "seed")
-
-
-def split_mismatch(config: dict, other: dict) -> str | None:
-    """The first of :data:`SPLIT_KEYS` on which two run configs differ, or None when they used the same split."""
-    return next((key for key in SPLIT_KEYS if config.get(key) != other.get(key)), None)
-
-
-def trained_with_message(path, key: str, theirs, ours_label: str, ours) -> str:
-    """``<path> was trained with --<key> <theirs>, <ours_label> with <ours>``: the start of every refusal of a
-    checkpoint made with other flags (the caller adds why that matters)."""
-    return f"{path} was trained with --{key.replace('_', '-')} {theirs}, {ours_label} {ours}"
-
-
 def split_data_for(config: dict, args, parts) -> "SplitData":
     """The split a checkpoint was trained on (its ``config``), with any data flag given in ``args`` taking over."""
     label_file = args.label_file if args.label_file is not None else config.get("label_file")
