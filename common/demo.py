@@ -40,6 +40,10 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--folders", default="1,2,3,4,5", help="which model folders to train (default 1,2,3,4,5)")
     parser.add_argument("--skip-distillation", action="store_true", help="stop after training and testing 1-5")
     parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="train the undistilled EEEA-Net-C2 and every single-teacher student with this many seeds "
+                             "(--seed, --seed+1, ...; the teachers once) and report the spread across them beside the "
+                             "bootstrap interval (default 1)")
     return parser
 
 
@@ -55,10 +59,29 @@ def _common_flags(data_dir: Path, args, cache_dir: Path) -> list[str]:
             *_loader_flags(args, cache_dir)]
 
 
-def _train_flags(args, epochs: int) -> list[str]:
+def _train_flags(args, epochs: int, seed: int | None = None) -> list[str]:
     return ["--epochs", str(max(1, round(epochs * args.epoch_scale))), "--batch-size", "32", "--lr", "2e-3",
             "--warmup-epochs", "0.5", "--img-size", str(args.img_size), "--crop-scale", "0.5",
-            "--seed", str(args.seed), "--overwrite"]
+            "--seed", str(args.seed if seed is None else seed), "--overwrite"]
+
+
+def _seed_runs(args, data_dir: Path, cache_dir: Path, root: Path) -> list[str]:
+    """More training runs of the baseline and the single-teacher students, one folder per extra seed; returns the
+    folders for the comparison's --seed-runs. Each uses the same split (carved with --seed) and the same teachers."""
+    runs = []
+    baseline_index = min(model_folders())
+    for seed in range(args.seed + 1, args.seed + args.seeds):
+        run = root / f"seed-{seed}"
+        folder, model_name = model_folders()[baseline_index]
+        flags = _common_flags(data_dir, args, cache_dir)
+        print(f"\n===== seed {seed}: training {model_name} and distilling every teacher into it =====")
+        training.main(flags + _train_flags(args, DEMO_EPOCHS[baseline_index], seed=seed), model=model_name,
+                      index=baseline_index, folder=run / folder)
+        distill.main(flags + _train_flags(args, DISTILL_EPOCHS, seed=seed)
+                     + ["--teacher-mode", "cached", "--teacher", "all", "--teachers-root", str(root)],
+                     folder=run / DISTILL_FOLDER)
+        runs.append(str(run))
+    return runs
 
 
 def main(argv=None) -> int:
@@ -104,8 +127,10 @@ def main(argv=None) -> int:
         distill.main(flags + ["--teacher", "all"], folder=student_dir)
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "ensemble", "--ensemble-weights", "auroc"], folder=student_dir)
+        seed_runs = _seed_runs(args, data_dir, cache_dir, root) if args.seeds > 1 else []
         print("\n===== 6: before / after comparison =====")
-        compare.main(_loader_flags(args, cache_dir) + localization, folder=student_dir)
+        compare.main(_loader_flags(args, cache_dir) + localization + (["--seed-runs", *seed_runs] if seed_runs else []),
+                     folder=student_dir)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; test mean AUROC: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
