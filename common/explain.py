@@ -221,7 +221,9 @@ def write_cam_sheet(path: str | os.PathLike, panels: Sequence[Sequence[CamPanel]
     if not rows:
         raise ValueError("a CAM sheet needs at least one panel")
     columns = max(len(row) for row in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(2.3 * columns, 2.5 * len(rows)), squeeze=False)
+    # Constrained layout: a tall sheet would otherwise keep a fixed share of its height empty above the rows.
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.3 * columns, 2.5 * len(rows)), squeeze=False,
+                                layout="constrained")
     for r, row in enumerate(rows):
         for c in range(columns):
             axis = axes[r][c]
