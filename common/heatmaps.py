@@ -80,7 +80,7 @@ def write_cam_report(result, data: SplitData, k: int, bbox_rows: Sequence[BBoxRo
         index += len(rows)
     sheet = write_cam_sheet(Path(f"{_result_stem(result)}-test-cam-sheet.png"), sheet_rows,
                             title=f"{result.model_name} ({Path(result.checkpoint).name}): Grad-CAM of the {k} most "
-                                  "probable test images per class (green: the --bbox-file box)")
+                                  "probable test images per class (green: the box of that class in the box list)")
     return {"sheet": sheet, "overlays": overlays, "folder": folder}
 
 
