@@ -190,11 +190,12 @@ def compare_outputs(reference: Path, candidate: Path, prefix: str) -> list[str]:
     return differences
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
-    """The synthetic data set and a teachers root holding ``1-EEEA-Net-C2/model1.pth`` (the base reference)."""
+def prepare(work: Path, patients: int = 30) -> tuple[Path, Path]:
+    """The synthetic data set and a teachers root holding ``1-EEEA-Net-C2/model1.pth`` (the base reference).
+    More patients make longer epochs, so that more kills land inside them rather than in start-up."""
     data = work / "data"
     if not (data / "labels").is_dir():
-        generate_synthetic_cxr8(data, num_patients=30, image_size=48, seed=1)
+        generate_synthetic_cxr8(data, num_patients=patients, image_size=48, seed=1)
     return data, work / "teachers"
 
 
@@ -259,12 +260,12 @@ def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teache
 
 
 def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, work: Path | None = None,
-             report=print) -> dict[str, list[Trial]]:
+             report=print, patients: int = 30) -> dict[str, list[Trial]]:
     """Run the soak; ``report`` gets each trial's line and the closing summary. Returns the trials per mode."""
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="fault-soak-")) if own_work else Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    data, teachers_root = prepare(work)
+    data, teachers_root = prepare(work, patients)
     results: dict[str, list[Trial]] = {}
     # The base reference is also the cached mode's teacher, so it always runs first.
     references = {"base": run_reference("base", data, teachers_root, work)}
@@ -308,13 +309,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     parser.add_argument("--max-kills", type=int, default=3, help="kills per trial are drawn from 1..this (default 3)")
     parser.add_argument("--work", default=None, help="working folder (default: a new temporary folder, kept)")
+    parser.add_argument("--patients", type=int, default=30,
+                        help="synthetic patients (default 30; more make longer epochs and more kills inside them)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or args.trials < 1 or args.max_kills < 1:
         parser.error(f"--modes must be from {MODES}, --trials and --max-kills >= 1 (got {args.modes}, "
                      f"{args.trials}, {args.max_kills})")
-    results = run_soak(modes, args.trials, args.seed, args.max_kills, args.work)
+    results = run_soak(modes, args.trials, args.seed, args.max_kills, args.work, patients=args.patients)
     return 0 if all(t.identical for done in results.values() for t in done) else 1
 
 
