@@ -29,38 +29,25 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from .models import model_info  # noqa: E402
 from .plots import _save  # noqa: E402
 
-CAM_MODELS = ("eeea_c2", "ofa595", "chexnet", "visformer_small", "autoformerv2_base")
 # Heatmap transparency on the overlays: enough of the X-ray stays visible to see the anatomy under the colour.
 OVERLAY_ALPHA = 0.4
 Box = tuple[float, float, float, float]  # x, y, w, h (top-left corner, width, height) in pixels
 
 
 def cam_target_layer(model: nn.Module, model_name: str) -> nn.Module:
-    """The layer whose activations and gradients Grad-CAM combines, for one of the project's networks.
+    """The layer whose activations and gradients Grad-CAM combines: the registry entry's ``cam_layer``.
 
-    - ``eeea_c2``, ``ofa595`` (OFA MobileNetV3): ``final_expand_layer``, the last convolution stage before pooling
-      (its output is the ``[B, C, H/32, W/32]`` map ``forward_features`` returns).
-    - ``chexnet`` (timm DenseNet-121): ``features[-1]``, the last feature stage (``norm5``: BatchNorm + ReLU after
-      dense block 4), as the grad-cam README names for DenseNet.
-    - ``visformer_small``: ``stage3``, the last stage; its output is already ``[B, C, H, W]``.
-    - ``autoformerv2_base`` (timm Swin S3): ``layers[-1]``, the last stage; its output is channels-last tokens, see
-      :func:`reshape_transform_for`.
+    EEEA-Net-C2 and OFA-595: ``final_expand_layer``, the last convolution stage before pooling; CheXNet:
+    ``features[-1]`` (``norm5``); Visformer-small: ``stage3``; AutoFormerV2-base: the last Swin stage, whose
+    channels-last output :func:`reshape_transform_for` rearranges.
 
     Raises:
         UserError: unknown model name.
     """
-    if model_name in ("eeea_c2", "ofa595"):
-        return model.final_expand_layer
-    if model_name == "chexnet":
-        return model.features[-1]
-    if model_name == "visformer_small":
-        return model.stage3
-    if model_name == "autoformerv2_base":
-        return model.layers[-1]
-    raise UserError(f"no Grad-CAM layer is defined for model {model_name!r}; valid names: {', '.join(CAM_MODELS)}")
+    return model_info(model_name).cam_layer(model)
 
 
 def _tokens_to_nchw(tensor: torch.Tensor) -> torch.Tensor:
@@ -81,11 +68,9 @@ def _tokens_to_nchw(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def reshape_transform_for(model_name: str) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """The grad-cam ``reshape_transform`` for a model: None for the CNNs and Visformer (already ``[B, C, H, W]``),
-    a channels-last/tokens -> ``[B, C, H, W]`` function for AutoFormerV2 (Swin)."""
-    if model_name not in CAM_MODELS:
-        raise UserError(f"no Grad-CAM layer is defined for model {model_name!r}; valid names: {', '.join(CAM_MODELS)}")
-    return _tokens_to_nchw if model_name == "autoformerv2_base" else None
+    """The grad-cam ``reshape_transform`` for a model: None where the layer is already ``[B, C, H, W]``, a
+    channels-last/tokens -> ``[B, C, H, W]`` function where the registry entry says ``cam_channels_last``."""
+    return _tokens_to_nchw if model_info(model_name).cam_channels_last else None
 
 
 def gradcam_maps(model: nn.Module, model_name: str, images: torch.Tensor, class_indices: Sequence[int]) -> np.ndarray:

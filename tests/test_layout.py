@@ -73,6 +73,7 @@ def sixth_model():
 
     info = ModelInfo(name="tinynet", display_name="TinyNet", folder_index=7, converter=converter,
                      display_class_name="TinyNet", native_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                     cam_layer=lambda model: model.stem,
                      imagenet_url="https://example.invalid/tinynet.pth", original_count_classes=14,
                      num_features=4, head_prefix="fc.", min_img_size=1, img_size_multiple=1,
                      fixed_input_size=False, timm_name=None)
@@ -100,6 +101,10 @@ def test_a_sixth_model_is_one_registry_entry(sixth_model, tmp_path, capsys):
     expected = sum(p.numel() for p in TinyNet(14).parameters())
     assert f"The total number of parameters: {expected}" in printed
     assert "The parameters of Model TinyNet" in printed
+
+    from common.explain import gradcam_maps
+    maps = gradcam_maps(model, "tinynet", torch.randn(2, 3, 32, 32), [0, 1])  # the entry's cam_layer
+    assert maps.shape == (2, 32, 32)
 
     entries = {entry["key"]: entry for entry in model_entries(tmp_path, tmp_path / "6")}
     assert entries["model7"]["label"] == "TinyNet" and entries["model7"]["role"] == "teacher"

@@ -45,6 +45,9 @@ class ModelInfo:
         fixed_input_size: True when the built model accepts only the ``img_size`` it was built for (position
             embeddings / attention windows depend on it); False when any size >= ``min_img_size`` works.
         timm_name: the timm architecture used, or None for the OFA subnets built here.
+        cam_layer: ``model -> layer`` whose activations and gradients Grad-CAM combines (the last feature stage).
+        cam_channels_last: that layer returns channels-last maps or tokens (Swin), which Grad-CAM must see as
+            ``[B, C, H, W]``.
         prints_comma_total: the original's para-test printed an extra "total, M" summary line (EEEA-Net-C2 only).
     """
 
@@ -64,6 +67,8 @@ class ModelInfo:
     img_size_multiple: int
     fixed_input_size: bool
     timm_name: Optional[str]
+    cam_layer: Callable[[nn.Module], nn.Module]
+    cam_channels_last: bool = False
     prints_comma_total: bool = False
 
     @property
@@ -107,6 +112,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt",
         original_count_classes=14, num_features=1280, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
+        cam_layer=lambda model: model.final_expand_layer,
     ), _build_ofa(ofa_mobilenetv3.EEEA_C2_CONFIG)),
     "ofa595": _Entry(_info(
         name="ofa595", display_name="OFA-595", folder_index=2, converter=converters.convert_ofa,
@@ -114,6 +120,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt",
         original_count_classes=14, num_features=1536, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
+        cam_layer=lambda model: model.final_expand_layer,
     ), _build_ofa(ofa_mobilenetv3.OFA595_CONFIG)),
     "chexnet": _Entry(_info(
         name="chexnet", display_name="CheXNet", folder_index=3, converter=converters.convert_densenet,
@@ -121,6 +128,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://download.pytorch.org/models/densenet121-a639ec97.pth",
         original_count_classes=14, num_features=1024, head_prefix="classifier.",
         min_img_size=29, img_size_multiple=1, fixed_input_size=False, timm_name="densenet121",
+        cam_layer=lambda model: model.features[-1],  # norm5: BatchNorm + ReLU after dense block 4
     ), _build_timm("densenet121", pass_img_size=False)),
     "visformer_small": _Entry(_info(
         name="visformer_small", display_name="Visformer-small", folder_index=4,
@@ -128,6 +136,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/danczs/Visformer/releases/download/v1.0.0/visformer_small.pth",
         original_count_classes=1000, num_features=768, head_prefix="head.",
         min_img_size=32, img_size_multiple=2, fixed_input_size=True, timm_name="visformer_small",
+        cam_layer=lambda model: model.stage3,
     ), _build_timm("visformer_small", pass_img_size=True)),
     "autoformerv2_base": _Entry(_info(
         name="autoformerv2_base", display_name="AutoFormerV2-base", folder_index=5,
@@ -136,6 +145,7 @@ _REGISTRY: dict[str, _Entry] = {
                      "s3_b-a1e95db4.pth",
         original_count_classes=1000, num_features=768, head_prefix="head.fc.",
         min_img_size=4, img_size_multiple=1, fixed_input_size=True, timm_name="swin_s3_base_224",
+        cam_layer=lambda model: model.layers[-1], cam_channels_last=True,
     ), _build_timm("swin_s3_base_224", pass_img_size=True)),
 }
 
