@@ -178,7 +178,7 @@ def check_same_pixels(present: list[dict], configs: dict, data, args, parts) -> 
     if args.data_dir:
         return  # the user chose one folder for every model; every row records it
     names = [name for part in parts for name in data.split.parts[part].names]
-    reference = data_identity(data.data_dir, data.index, names)
+    reference = data.identity(names)
     for entry in present:
         folder = configs[entry["key"]].get("data_dir")
         if folder is None or Path(folder) == Path(data.data_dir):

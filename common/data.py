@@ -41,7 +41,7 @@ def resource_path(relative: str) -> Path:
     return Path(str(resources.files("common") / "resources" / relative))
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """Read a text file, gunzipping ``*.gz``; a missing or unreadable file is a :class:`UserError`."""
     try:
         raw = path.read_bytes()
@@ -104,10 +104,13 @@ class DataEntry:
         return self.labels[[self.row_of[n] for n in names]]
 
 
-def read_data_entry(label_file: str | os.PathLike = "v2020") -> DataEntry:
-    """Read Data_Entry_2017.csv (CRLF, trailing comma, ``058Y`` ages, padded ids) or the v2020 release (LF, integers).
+def read_data_entry_table(label_file: str | os.PathLike = "v2020",
+                          columns=("Image Index", "Finding Labels", "Patient ID")) -> tuple[Path, str, pd.DataFrame]:
+    """A Data_Entry file as a table of strings: ``(path, version, frame)``.
 
     ``label_file`` is ``"2017"`` or ``"v2020"`` for the packaged copies, or a path to a Data_Entry CSV (``.gz`` ok).
+    Values are kept as written (zero-padded ids, 2017's ``058Y`` ages); a missing file, a CSV that does not parse or
+    a missing one of ``columns`` is a :class:`UserError` naming the file.
     """
     if str(label_file) in LABEL_VERSIONS:
         version = str(label_file)
@@ -117,16 +120,24 @@ def read_data_entry(label_file: str | os.PathLike = "v2020") -> DataEntry:
         if not path.is_file():
             raise UserError(f"label file {path} does not exist (use --label-file 2017, v2020 or a Data_Entry CSV)")
         version = "custom"
-    text = _read_text(path)
     try:
         # dtype=str keeps zero-padded ids and 2017's "058Y" ages as written; both releases parse the same way.
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(read_text(path)), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"cannot parse {path} as CSV: {str(err).splitlines()[0]}") from None
     frame.columns = [c.strip() for c in frame.columns]
-    for column in ("Image Index", "Finding Labels", "Patient ID"):
+    for column in columns:
         if column not in frame.columns:
             raise UserError(f"{path} has no {column!r} column; is it a Data_Entry_2017 file?")
+    return path, version, frame
+
+
+def read_data_entry(label_file: str | os.PathLike = "v2020") -> DataEntry:
+    """Read Data_Entry_2017.csv (CRLF, trailing comma, ``058Y`` ages, padded ids) or the v2020 release (LF, integers).
+
+    ``label_file`` is ``"2017"`` or ``"v2020"`` for the packaged copies, or a path to a Data_Entry CSV (``.gz`` ok).
+    """
+    path, version, frame = read_data_entry_table(label_file)
     names = frame["Image Index"].str.strip().tolist()
     labels = np.stack([labels_from_findings(f.strip(), f"{path}, line {i + 2}")
                        for i, f in enumerate(frame["Finding Labels"])]) if names else np.zeros((0, NUM_CLASSES))
@@ -143,7 +154,7 @@ def read_data_entry(label_file: str | os.PathLike = "v2020") -> DataEntry:
 def read_name_list(path: Path) -> list[str]:
     """Read an official-format list: one image name per line, no labels (a trailing newline is optional)."""
     names = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -158,7 +169,7 @@ def read_name_list(path: Path) -> list[str]:
 def read_labelled_list(path: Path) -> tuple[list[str], np.ndarray]:
     """Read the original's list format: ``name`` then 14 space-separated 0/1 labels in CheXNet class order."""
     names, rows = [], []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue

@@ -251,25 +251,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1000 + epoch
 
 
-def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "torch.utils.data.DataLoader"],
-        val_loader, settings: OptimiserSettings, paths: CheckpointPaths, device: torch.device, amp_dtype,
-        metadata: dict, resume_state: dict | None = None, channels_last: bool = False, augment_for_epoch=None,
-        val_augment=None, distributed: Distributed | None = None, compile_model: bool = False) -> dict:
+def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_loader, settings: OptimiserSettings,
+        paths: CheckpointPaths, device: torch.device, amp_dtype, metadata: dict, resume_state: dict | None = None,
+        channels_last: bool = False, val_augment=None, distributed: Distributed | None = None,
+        compile_model: bool = False) -> dict:
     """Train ``model`` with ``criterion``, choosing the checkpoint on validation mean AUROC.
 
     Args:
         model: on ``device`` already, with its initial weights.
         criterion: ``criterion(logits, batch) -> loss``; its optional ``last_terms`` dict is shown in the bar.
-        train_loader_for_epoch: ``epoch -> DataLoader`` of the training part; its order must depend on the epoch
-            only, so that a resumed epoch sees the same batches.
+        train_batches: ``epoch -> (DataLoader, augment)`` of the training part: the loader's order and the
+            augmentation's draws must depend on the epoch only, so that a resumed epoch sees the same batches;
+            ``augment`` runs on the device (image cache) or is None (the PNG path's workers augmented already).
         val_loader: the validation part (deterministic view).
         settings: optimiser and schedule.
         paths: where the best and last checkpoints, the log and the curves go.
         metadata: recorded in every checkpoint (model, classes, split, config, ...).
         resume_state: a ``-last.pth`` dict to continue from (model, optimizer, scheduler, scaler, epoch, log rows);
             no random state is needed, since every epoch seeds its own draws (:func:`epoch_seed`).
-        augment_for_epoch: ``epoch -> augment`` for the training batches (image cache), None for the PNG path;
-            ``val_augment`` likewise for the validation batches.
+        val_augment: the device-side view of the validation batches (image cache), None for the PNG path.
         distributed: this process's place in a torchrun run (default: one process). The model trains wrapped in
             DistributedDataParallel, the validation predictions of all processes are gathered, and only rank 0
             writes files.
@@ -279,7 +279,7 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
     a log row and the curves after every epoch. Returns ``{"best", "best_val_mean_auroc", "best_epoch"}``.
     """
     distributed = distributed or Distributed()
-    steps_per_epoch = len(train_loader_for_epoch(1))
+    steps_per_epoch = len(train_batches(1)[0])
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
     scheduler = build_scheduler(optimizer, settings.epochs, steps_per_epoch, settings.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -311,10 +311,10 @@ def fit(model: nn.Module, criterion, train_loader_for_epoch: Callable[[int], "to
     said = set()  # validation warnings (an n/a AUROC, a class without positives) are said once per run
     for epoch in range(start_epoch, settings.epochs + 1):
         seed_everything(epoch_seed(settings.seed, epoch))
-        stats = train_one_epoch(train_model, criterion, train_loader_for_epoch(epoch), optimizer, scheduler, scaler,
-                                device, amp_dtype, epoch, settings.epochs, clip_grad=settings.clip_grad or None,
-                                channels_last=channels_last,
-                                augment=augment_for_epoch(epoch) if augment_for_epoch else None)
+        train_loader, train_augment = train_batches(epoch)
+        stats = train_one_epoch(train_model, criterion, train_loader, optimizer, scheduler, scaler, device, amp_dtype,
+                                epoch, settings.epochs, clip_grad=settings.clip_grad or None,
+                                channels_last=channels_last, augment=train_augment)
         stats = distributed.reduce_epoch_stats(stats)
         distributed.sync_buffers(model)
         logits, targets, positions = predict_logits(model, val_loader, device, amp_dtype, desc=f"epoch {epoch} val",

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .constants import CLASS_NAMES
-from .data import _read_text
+from .data import read_text
 from .errors import UserError
 from .metrics import evaluation_report
 
@@ -35,7 +35,7 @@ def read_predictions_csv(path: str | os.PathLike, names_expected: Sequence[str],
     :class:`UserError` naming the file (with the counts, or the line).
     """
     path = Path(path)
-    reader = csv.reader(io.StringIO(_read_text(path)))
+    reader = csv.reader(io.StringIO(read_text(path)))
     header = next(reader, None)
     if not header:
         raise UserError(f"{path} is empty")

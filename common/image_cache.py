@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from .atomic import write_text_atomic
 from .data import build_split, eval_resize, index_images, load_png
 from .progress import progress
 from .errors import ArgumentParser, UserError, positive_int, run_main
+from .identity import file_records, hash_records
 
 CACHE_FORMAT = 1
 DEFAULT_SIZE = 256
@@ -55,31 +55,6 @@ RESIZE_RULE = ("shorter side resized to S as torchvision Resize(S) on PIL (bilin
 # --------------------------------------------------------------------------------------------------------------------
 # Fingerprints and file names
 # --------------------------------------------------------------------------------------------------------------------
-def file_records(paths, threads: int = 16) -> list[tuple[str, int, int]]:
-    """``(name, size in bytes, mtime in ns)`` of each path, sorted by name; a missing file is a UserError."""
-    paths = [Path(p) for p in paths]
-
-    def stat(path: Path):
-        try:
-            info = path.stat()
-        except OSError as err:
-            raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-        return path.name, int(info.st_size), int(info.st_mtime_ns)
-
-    # Threads: stat calls wait on the file system (slow on network drives), not on the CPU.
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        records = list(pool.map(stat, paths, chunksize=256))
-    return sorted(records)
-
-
-def hash_records(records) -> str:
-    """sha256 of sorted ``(name, size, mtime_ns)`` records, as the files table writes them."""
-    digest = hashlib.sha256()
-    for name, size, mtime in sorted(records):
-        digest.update(f"{name}\t{size}\t{mtime}\n".encode())
-    return digest.hexdigest()
-
-
 def fingerprint_files(paths) -> str:
     """Fingerprint of files: sha256 over their sorted ``(name, size, mtime_ns)``. A changed file changes it."""
     return hash_records(file_records(paths))

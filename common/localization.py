@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .constants import CLASS_NAMES
-from .data import _read_text, eval_resize, resource_path
+from .data import read_text, eval_resize, resource_path
 from .errors import UserError
 
 BBOX_RESOURCE = "BBox_List_2017.csv.gz"
@@ -103,7 +103,7 @@ def read_bbox_list(path_or_resource: str | os.PathLike | None = None) -> list[BB
     and the line.
     """
     path = _bbox_path(path_or_resource)
-    lines = list(csv.reader(io.StringIO(_read_text(path))))
+    lines = list(csv.reader(io.StringIO(read_text(path))))
     if not lines or [f.strip() for f in lines[0][:2]] != ["Image Index", "Finding Label"]:
         raise UserError(f"{path}, line 1: expected the BBox_List_2017 header 'Image Index,Finding Label,Bbox [x,y,w,h]'")
     rows = []

@@ -103,9 +103,8 @@ class TrainingRun:
         settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                      warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, seed=args.seed)
         try:
-            return fit(self.model, criterion, lambda epoch: train_batches(epoch)[0], val_loader, settings,
-                       self.paths, self.device, self.amp_dtype, metadata, resume_state=self.resume_state,
-                       channels_last=self.channels_last, augment_for_epoch=lambda epoch: train_batches(epoch)[1],
+            return fit(self.model, criterion, train_batches, val_loader, settings, self.paths, self.device,
+                       self.amp_dtype, metadata, resume_state=self.resume_state, channels_last=self.channels_last,
                        val_augment=val_augment, distributed=self.distributed,
                        compile_model=getattr(args, "compile", False))
         finally:

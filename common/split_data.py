@@ -49,6 +49,7 @@ class SplitData:
                  source_factory=PngImageSource, image_cache=None):
         self.data_dir = resolve_data_dir(data_dir)
         self.index = index_images(self.data_dir)
+        self._identities: dict[tuple, dict] = {}  # data_identity per set of names (see identity())
         self.split = build_split(split, label_file, val_fraction, seed)
         self.val_fraction, self.seed = val_fraction, seed
         names = [name for part in parts for name in self.split.parts[part].names]
@@ -64,8 +65,14 @@ class SplitData:
         self.workers = workers
 
     def identity(self, names) -> dict:
-        """The pixels read for ``names`` (:func:`common.identity.data_identity`); with a cache, its fingerprint."""
-        return data_identity(self.data_dir, self.index, names, cache=self.cache)
+        """The pixels read for ``names`` (:func:`common.identity.data_identity`); with a cache, its fingerprint.
+
+        Computed once per set of names: a run and each of its teacher caches ask for the same training part, and
+        every ask would ``stat`` its files again."""
+        key = tuple(sorted(set(names)))
+        if key not in self._identities:
+            self._identities[key] = data_identity(self.data_dir, self.index, key, cache=self.cache)
+        return dict(self._identities[key])
 
     def dataset(self, part: str, transform):
         """The part as a dataset of ``{"image", "target", "index"}`` items with ``transform`` applied per image."""

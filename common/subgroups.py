@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import brier_score_loss
 
 from .constants import CLASS_NAMES
-from .data import LABEL_VERSIONS, _read_text, resource_path
+from .data import read_data_entry_table
 from .errors import UserError
 from .metrics import patient_bootstrap_auroc_ci
 
@@ -46,18 +45,8 @@ class Demographics:
 def read_demographics(label_file: str | os.PathLike = "v2020") -> Demographics:
     """Read ``Patient Gender``, ``Patient Age`` and ``View Position`` from a Data_Entry file (``"2017"``, ``"v2020"``
     or a path); 2017's ages such as ``058Y`` are read as 58."""
-    if str(label_file) in LABEL_VERSIONS:
-        path = resource_path("Data_Entry_2017.csv.gz" if str(label_file) == "2017" else "Data_Entry_2017_v2020.csv.gz")
-    else:
-        path = Path(label_file)
-    try:
-        frame = pd.read_csv(io.StringIO(_read_text(path)), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"cannot parse {path} as CSV: {str(err).splitlines()[0]}") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    for column in ("Image Index", "Patient Age", "Patient Gender", "View Position"):
-        if column not in frame.columns:
-            raise UserError(f"{path} has no {column!r} column; is it a Data_Entry_2017 file?")
+    path, _, frame = read_data_entry_table(label_file, columns=("Image Index", "Patient Age", "Patient Gender",
+                                                                "View Position"))
     names = frame["Image Index"].str.strip()
     ages = pd.to_numeric(frame["Patient Age"].str.strip().str.rstrip("YMD"), errors="coerce")
     if ages.isna().any():
