@@ -6,8 +6,8 @@ Usage: python predict.py IMAGE_OR_FOLDER ... [--output predictions.csv] [--cam] 
 import sys
 from pathlib import Path
 
-from common.errors import run_main
-from common.predict import main
+from common.commands._cli import run_main
+from common.commands.predict import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main, sys.argv[1:], model="eeea_c2", index=1, folder=Path(__file__).resolve().parent))

@@ -5,8 +5,8 @@ Usage: python train-model.py --data-dir PATH [--split official] [--pretrained im
 import sys
 from pathlib import Path
 
-from common.errors import run_main
-from common.training import main
+from common.commands._cli import run_main
+from common.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main, sys.argv[1:], model="ofa595", index=2, folder=Path(__file__).resolve().parent))

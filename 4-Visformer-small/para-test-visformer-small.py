@@ -4,8 +4,8 @@ Usage: python para-test-visformer-small.py [--img-size 224] [--device cpu] [--re
 """
 import sys
 
-from common.errors import run_main
-from common.profile import para_test_main
+from common.commands._cli import run_main
+from common.commands.para_test import para_test_main
 
 if __name__ == "__main__":
     sys.exit(run_main(para_test_main, sys.argv[1:], model_name="visformer_small"))

@@ -5,8 +5,8 @@ Usage: python test-model.py [--data-dir PATH] ... (--help for all)
 import sys
 from pathlib import Path
 
-from common.compare import main
-from common.errors import run_main
+from common.commands._cli import run_main
+from common.commands.compare import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main, sys.argv[1:], folder=Path(__file__).resolve().parent))

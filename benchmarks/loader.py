@@ -34,13 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.commands._cli import ArgumentParser, positive_int, run_main
 from common.constants import NUM_CLASSES
-from common.data import CXR8Dataset, PngImageSource, SplitPart, build_transform, eval_resize, index_images
-from common.device_augment import DeviceAugment
-from common.engine import resolve_device
-from common.threads import choose_threads_and_workers
-from common.errors import ArgumentParser, UserError, positive_int, run_main
-from common.image_cache import CachedBatchDataset, build_image_cache, cached_loader, crop_transform
+from common.data.cache_build import build_image_cache
+from common.data.datasets import CachedBatchDataset, CXR8Dataset, PngImageSource, cached_loader, crop_transform
+from common.data.device_augment import DeviceAugment
+from common.data.images import eval_resize, index_images
+from common.data.splits import SplitPart
+from common.data.transforms import build_transform
+from common.errors import UserError
+from common.runtime.device import resolve_device
+from common.runtime.threads import choose_threads_and_workers
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_IMAGES = REPO / "tests" / "data" / "images"

@@ -26,20 +26,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.constants import NUM_CLASSES, STUDENT_MODEL
-from common.data import CXR8Dataset, PngImageSource, build_transform, eval_resize, index_images
-from common.device_augment import DeviceAugment
-from common.distill import CachedTeachers, DistillationCriterion, OnlineTeachers
-from common.engine import (SupervisedCriterion, amp_dtype_for, build_optimizer, build_scheduler, resolve_device,
-                           train_one_epoch)
-from common.errors import ArgumentParser, UserError, positive_int, run_main
-from common.image_cache import CachedBatchDataset, build_image_cache, cached_loader
-from common.losses import LabelLoss, MultiLabelKDLoss
-from common.models import create_model, model_folders, model_info
-from common.split_data import SeededAugment
-from common.threads import choose_threads_and_workers
 # benchmarks/ is not a package; run as a script, this folder is on sys.path.
 from loader import repeated_images
+
+from common.commands._cli import ArgumentParser, positive_int, run_main
+from common.constants import NUM_CLASSES, STUDENT_MODEL
+from common.data.cache_build import build_image_cache
+from common.data.datasets import CachedBatchDataset, CXR8Dataset, PngImageSource, cached_loader
+from common.data.device_augment import DeviceAugment
+from common.data.images import eval_resize, index_images
+from common.data.split_data import SeededAugment
+from common.data.transforms import build_transform
+from common.engine.distill import CachedTeachers, DistillationCriterion, OnlineTeachers
+from common.engine.loop import SupervisedCriterion, build_optimizer, build_scheduler, train_one_epoch
+from common.engine.losses import LabelLoss, MultiLabelKDLoss
+from common.errors import UserError
+from common.models import create_model, model_folders, model_info
+from common.runtime.device import amp_dtype_for, resolve_device
+from common.runtime.threads import choose_threads_and_workers
 
 
 class SyntheticBatches(torch.utils.data.Dataset):

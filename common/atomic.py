@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .run_folder import filesystem_errors
+from common.errors import filesystem_errors
 
 
 def _open_temporary(handle: int, mode: str):

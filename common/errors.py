@@ -1,9 +1,10 @@
 """Error reporting for the command-line entry points: one line, exit code 2, no traceback."""
-import argparse
+from __future__ import annotations
+
 import errno
 import os
-import sys
-import warnings
+import re
+from contextlib import contextmanager
 
 #: errno values of the file system refusing a read or write (full, over quota, read-only, no permission, the wrong
 #: kind of path). Only these are reported as one line; any other OSError is a bug and keeps its traceback.
@@ -17,42 +18,6 @@ class UserError(Exception):
 
     The message must be one line and must name the offending file, line or value.
     """
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line (no usage block) and exit with code 2."""
-
-    def error(self, message):
-        # Under torchrun only rank 0 prints a bad flag; every process exits with 2.
-        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
-
-
-def run_main(main, argv=None, **kwargs) -> int:
-    """Run ``main(argv, **kwargs)`` and turn a :class:`UserError` into ``error: <message>`` on stderr and exit code 2.
-
-    Warnings (for example an AUROC that is n/a) are printed as one ``warning: ...`` line each.
-    """
-    warnings.formatwarning = _one_line_warning
-    try:
-        result = main(argv, **kwargs)
-    except UserError as err:
-        # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
-        # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        if err.errno not in FILESYSTEM_ERRNOS:
-            raise
-        # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
-        # environment, not a bug, so one line rather than a traceback.
-        print(f"error: {os_error_message(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is saved in the *-last.pth checkpoint; "
-              "rerun with --resume to continue", file=sys.stderr)
-        return 130
-    return 0 if result is None else int(result)
 
 
 def os_error_reason(err: OSError) -> str:
@@ -69,40 +34,54 @@ def os_error_message(err: OSError) -> str:
     return f"{where}: {os_error_reason(err)}"
 
 
-def _one_line(err: UserError) -> str:
-    """The message of a UserError; one re-raised from a DataLoader worker carries the worker's traceback text."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    prefix = f"{UserError.__module__}.{UserError.__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else " ".join(lines)
+# Inside a block that is known to be writing a given file, a vanished folder (ENOENT) is the user's doing too
+# (the output folder was deleted under a running run); run_main does not treat ENOENT that way globally.
+_WRITE_ERRNOS = FILESYSTEM_ERRNOS | {errno.ENOENT}
+
+# The two ways torch.save reports a write that failed part-way (its C++ writer hides the OSError's errno).
+_TORCH_WRITE_FAILURE = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed[^\n]*")
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+@contextmanager
+def filesystem_errors(what: str | os.PathLike, *, action: str = "write", previous_kept: bool | None = None):
+    """Turn a file-system failure inside the block into a one-line :class:`UserError` naming ``what``.
+
+    Converted: an ``OSError`` whose errno is a file-system refusal (ENOSPC, EDQUOT, EACCES, EROFS, EEXIST,
+    ENOTDIR, ENOENT, ... see ``errors.FILESYSTEM_ERRNOS``), and torch's ``RuntimeError`` from a write that failed
+    part-way (``unexpected pos N vs M`` / ``PytorchStreamWriter failed``); its hidden OSError, when torch kept it
+    as ``__context__``, supplies the cause. Anything else propagates unchanged (it is a bug, not the disk).
+    ``previous_kept`` (for the atomic writers) adds "the previous file is unchanged" when true and "no partial
+    file was left" when false.
+    Usable as a decorator too.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise UserError(_write_failure(what, action, os_error_reason(err), previous_kept)) from err
+    except RuntimeError as err:
+        found = _TORCH_WRITE_FAILURE.search(str(err))
+        if found is None:
+            raise
+        cause = _os_error_behind(err)
+        reason = (os_error_reason(cause) if cause is not None
+                  else f"the write stopped part-way (torch: {found.group(0)}), most often because the disk is full")
+        raise UserError(_write_failure(what, action, reason, previous_kept)) from err
 
 
-def _number_type(convert, accept, expectation: str):
-    """An argparse ``type`` that converts with ``convert`` and accepts values for which ``accept`` is true."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expectation}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expectation}, got {text!r}")
-        return value
-
-    parse.__name__ = expectation  # argparse names the type in some messages
-    return parse
+def _write_failure(what, action: str, reason: str, previous_kept: bool | None) -> str:
+    if previous_kept is None:
+        return f"cannot {action} {what}: {reason}"
+    outcome = "the previous file is unchanged" if previous_kept else "no partial file was left"
+    return f"cannot {action} {what}: {reason}; {outcome}"
 
 
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
-
-
-positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number_type(float, lambda v: _finite(v) and v > 0, "a positive number")
-non_negative_float = _number_type(float, lambda v: _finite(v) and v >= 0, "a number >= 0")
-unit_fraction = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
+def _os_error_behind(err: BaseException) -> OSError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        err = err.__cause__ or err.__context__
+    return None

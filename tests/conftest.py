@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.synthetic import generate_synthetic_cxr8
+from common.data.synthetic import generate_synthetic_cxr8
 
 REPO = Path(__file__).resolve().parents[1]
 

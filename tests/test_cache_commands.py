@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from common import evaluation, training
-from common.checkpoint import load_checkpoint, load_model_from_checkpoint
-from common.engine import predict_logits
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.data.cache_build import build_image_cache
+from common.data.split_data import SplitData, split_data_for
 from common.errors import UserError
-from common.image_cache import build_image_cache
-from common.split_data import SplitData, split_data_for
+from common.evaluation.logits import predict_logits
+from common.runs.checkpoint import load_checkpoint, load_model_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMG_SIZE = 32  # eval_resize(32) = 37: a 37-px cache gives the PNG path's eval view

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from common.constants import CLASS_NAMES
-from common.data import (build_split, build_transform, check_no_leakage, index_images, load_png, read_data_entry,
-                         read_labelled_list, read_name_list, require_images, resource_path, patient_id_from_name,
-                         Split, SplitPart)
+from common.data.images import index_images, load_png, require_images
+from common.data.labels import patient_id_from_name, read_data_entry, read_labelled_list, read_name_list, resource_path
+from common.data.splits import Split, SplitPart, build_split, check_no_leakage
+from common.data.transforms import build_transform
 from common.errors import UserError
 
 IMAGES = Path(__file__).parent / "data" / "images"

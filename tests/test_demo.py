@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from common import demo
+from common.commands import demo
 from common.constants import DISTILL_FOLDER
 
 

@@ -10,9 +10,10 @@ from scipy.stats import ks_2samp
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from common.data import build_transform, load_png
-from common.device_augment import DeviceAugment, center_crop_offsets, random_resized_crop_boxes
-from common.image_cache import stored_image
+from common.data.cache_build import stored_image
+from common.data.device_augment import DeviceAugment, center_crop_offsets, random_resized_crop_boxes
+from common.data.images import load_png
+from common.data.transforms import build_transform
 
 REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "images"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -128,7 +129,7 @@ def test_crop_agrees_with_resized_crop_on_the_same_box(stored):
         difference = (grey[k] - torch.from_numpy(np.array(pil)).float()).abs()
         pil_means.append(float(difference.mean()))
         assert float(torch.quantile(difference.flatten(), 0.99)) < 4.0
-    # About 0.3 grey levels on average, most of it PIL's rounding to uint8 (see common.device_augment).
+    # About 0.3 grey levels on average, most of it PIL's rounding to uint8 (see common.data.device_augment).
     assert np.mean(pil_means) < 0.5 and max(pil_means) < 1.0
 
 

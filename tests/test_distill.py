@@ -6,14 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import compare, distill, evaluation, training
+from common.commands import compare, distill
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.commands._cli import run_main
 from common.constants import DISTILL_FOLDER
-from common.data import build_transform
-from common.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, Teacher, build_or_load_cache
-from common.losses import MultiLabelKDLoss
-from common.errors import run_main
+from common.data.split_data import SplitData
+from common.data.transforms import build_transform
+from common.engine.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, Teacher, build_or_load_cache
+from common.engine.losses import MultiLabelKDLoss
 from common.models import model_folders
-from common.split_data import SplitData
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
@@ -131,7 +133,7 @@ def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic, capsys):
 
 @pytest.mark.slow
 def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypatch):
-    import common.distill as distill_module
+    import common.engine.distill as distill_module
     teacher = Teacher(teachers / "1-EEEA-Net-C2" / "model1.pth", 1)
     data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
     complete = build_or_load_cache(teacher, data, tmp_path / "reference", 8, torch.device("cpu"), None)

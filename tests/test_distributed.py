@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_model_from_checkpoint
 from common.constants import CLASS_NAMES
-from common.distributed import Distributed, merge_shards, shard_positions
-from common.engine import predict_logits, sigmoid
-from common.image_cache import build_image_cache
-from common.metrics import mean_auroc, per_class_auroc
+from common.data.cache_build import build_image_cache
+from common.data.split_data import SplitData
+from common.data.synthetic import generate_synthetic_cxr8
+from common.evaluation.logits import predict_logits, sigmoid
+from common.evaluation.metrics import mean_auroc, per_class_auroc
 from common.models import create_model
-from common.split_data import SplitData
-from common.synthetic import generate_synthetic_cxr8
+from common.runs.checkpoint import load_model_from_checkpoint
+from common.runtime.distributed import Distributed, merge_shards, shard_positions
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

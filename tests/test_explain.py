@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common import explain
 from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from common.errors import UserError
+from common.explain import gradcam as explain
 from common.models import create_model
 
 # Big enough for a 3x3 or 4x4 last-stage map: with random weights a 2x2 map (64 px) can be all negative, which

@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 
 from common.constants import CLASS_NAMES
 from common.errors import UserError
-from common.external import read_predictions_csv, score_predictions_csv
+from common.evaluation.external import read_predictions_csv, score_predictions_csv
 
 
 def _write(path, header, names, probs):

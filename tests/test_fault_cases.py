@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import evaluation, training
-from common.checkpoint import save_atomic
-from common.errors import run_main
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.commands._cli import run_main
 from common.models import create_model
-from common.run_folder import OutputLock
+from common.runs.checkpoint import save_atomic
+from common.runs.folder import OutputLock
 
 # Each test trains a tiny model (seconds apiece on a quiet CPU); the whole suite in CI runs them.
 pytestmark = pytest.mark.slow

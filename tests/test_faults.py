@@ -7,7 +7,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -74,7 +73,7 @@ def assert_one_line_exit_2(result, *fragments):
 KILL_AFTER_EPOCH_2 = textwrap.dedent("""
     import os, runpy, signal, sys
     sys.path.insert(0, {repo!r})
-    import common.engine as engine
+    import common.engine.loop as engine
     draw, calls = engine.plot_training_curves, [0]
 
     def draw_then_die(*args, **kwargs):

@@ -13,13 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from common import image_cache
-from common.data import build_transform, load_png
-from common.device_augment import DeviceAugment
-from common.errors import UserError, run_main
-from common.image_cache import (CachedBatchDataset, CachedImageSource, build_image_cache, cached_loader,
-                                crop_transform, fingerprint_files, open_image_cache)
-from common.threads import choose_threads_and_workers
+from common.commands import image_cache as image_cache_command
+from common.commands._cli import run_main
+from common.data import cache_build, image_cache
+from common.data.cache_build import build_image_cache
+from common.data.datasets import CachedBatchDataset, CachedImageSource, cached_loader, crop_transform
+from common.data.device_augment import DeviceAugment
+from common.data.image_cache import fingerprint_files, open_image_cache
+from common.data.images import load_png
+from common.data.transforms import build_transform
+from common.errors import UserError
+from common.runtime.threads import choose_threads_and_workers
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "data" / "images"
@@ -155,12 +159,12 @@ def test_killed_build_resumes(images, cache, tmp_path):
     out = tmp_path / "cache"
     script = (
         "import os, signal, sys\n"
-        "from common import image_cache\n"
-        "image_cache.PROGRESS_EVERY = 0  # record every chunk, so the kill finds some recorded\n"
+        "from common.data import cache_build\n"
+        "cache_build.PROGRESS_EVERY = 0  # record every chunk, so the kill finds some recorded\n"
         "def kill(done):\n"
         "    if done == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        f"image_cache.build_image_cache({str(folder)!r}, {names!r}, {str(out)!r}, workers=1, chunk_size=3,\n"
+        f"cache_build.build_image_cache({str(folder)!r}, {names!r}, {str(out)!r}, workers=1, chunk_size=3,\n"
         "                              after_chunk=kill)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -257,7 +261,7 @@ def test_every_bad_png_is_listed_and_fixing_them_finishes_the_build(tmp_path, ca
     fixed = build_image_cache(folder, names, out, size=32, workers=1, chunk_size=2, after_chunk=counts.append)
     assert len(counts) < 4  # chunks of good images only were kept; those with a bad file were decoded again
     for name in names:
-        expected = np.asarray(image_cache.stored_image(load_png(folder / name), 32))
+        expected = np.asarray(cache_build.stored_image(load_png(folder / name), 32))
         np.testing.assert_array_equal(fixed.array[fixed.index_of(name)], expected)
 
 
@@ -362,16 +366,16 @@ def test_cache_object_crosses_processes_without_its_map(cache):
 def test_command_line_builds_and_reports_errors_in_one_line(tmp_path, capsys):
     folder = tmp_path / "images"
     copy_images(folder, ["00000001_000.png", "00027426_000.png"])
-    assert run_main(image_cache.main, ["--data-dir", str(folder), "--out", str(tmp_path / "c"), "--all",
+    assert run_main(image_cache_command.main, ["--data-dir", str(folder), "--out", str(tmp_path / "c"), "--all",
                                        "--size", "64", "--workers", "1"]) == 0
     assert "caching all 2 PNGs" in capsys.readouterr().out
     assert open_image_cache(tmp_path / "c", data_dir=folder).size == 64
-    assert run_main(image_cache.main, ["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"),
+    assert run_main(image_cache_command.main, ["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"),
                                        "--all"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data directory") and err.count("\n") == 1
     # The official split lists images this folder lacks: one line naming the count and the first.
-    assert run_main(image_cache.main, ["--data-dir", str(folder), "--out", str(tmp_path / "e")]) == 2
+    assert run_main(image_cache_command.main, ["--data-dir", str(folder), "--out", str(tmp_path / "e")]) == 2
     assert "listed image(s) are not under" in capsys.readouterr().err
 
 

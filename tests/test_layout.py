@@ -7,14 +7,21 @@ import torch
 from torch import nn
 
 import common
-from common.checkpoint import save_atomic
-from common.compare import model_entries
-from common.models import (ModelInfo, create_model, load_pretrained, model_folders, model_info, register_model,
-                           unregister_model)
+from common.commands.compare import model_entries
+from common.commands.para_test import para_test_main
+from common.models import (
+    ModelInfo,
+    create_model,
+    load_pretrained,
+    model_folders,
+    model_info,
+    register_model,
+    unregister_model,
+)
 from common.models.converters import rename_keys
-from common.profile import para_test_main
+from common.runs.checkpoint import save_atomic
 
-COMMANDS = ("training", "evaluation", "distill", "compare", "predict")
+COMMANDS = ("train", "evaluate", "distill", "compare", "predict")
 PACKAGE = Path(common.__file__).parent
 
 
@@ -28,25 +35,27 @@ def imported_modules(path: Path) -> set[str]:
                 found |= {base.split(".")[0]} if base else {alias.name for alias in node.names}
             elif base.startswith("common"):
                 parts = base.split(".")
-                found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+                found |= {parts[-1]} if len(parts) > 1 else {alias.name for alias in node.names}
+                if base == "common.commands":
+                    found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names
+            found |= {alias.name.split(".")[-1] for alias in node.names
                       if alias.name.startswith("common.") and alias.name.count(".") >= 1}
     return found
 
 
 def test_the_four_commands_import_and_none_imports_another():
     for name in COMMANDS:
-        __import__(f"common.{name}")
-        others = imported_modules(PACKAGE / f"{name}.py") & (set(COMMANDS) - {name})
+        __import__(f"common.commands.{name}")
+        others = imported_modules(PACKAGE / "commands" / f"{name}.py") & (set(COMMANDS) - {name})
         assert not others, f"common/{name}.py imports {others}"
 
 
 def test_the_import_reader_sees_relative_and_absolute_imports(tmp_path):
     source = tmp_path / "probe.py"
-    source.write_text("from .distill import x\nfrom . import compare\nimport common.training\n"
-                      "from common.evaluation import y\nfrom common import engine\n")
-    assert imported_modules(source) == {"distill", "compare", "training", "evaluation", "engine"}
+    source.write_text("from .distill import x\nfrom . import compare\nimport common.commands.train\n"
+                      "from common.commands.evaluate import y\nfrom common import engine\n")
+    assert imported_modules(source) == {"distill", "compare", "train", "evaluate", "engine"}
 
 
 class TinyNet(nn.Module):
@@ -102,7 +111,7 @@ def test_a_sixth_model_is_one_registry_entry(sixth_model, tmp_path, capsys):
     assert f"The total number of parameters: {expected}" in printed
     assert "The parameters of Model TinyNet" in printed
 
-    from common.explain import gradcam_maps
+    from common.explain.gradcam import gradcam_maps
     maps = gradcam_maps(model, "tinynet", torch.randn(2, 3, 32, 32), [0, 1])  # the entry's cam_layer
     assert maps.shape == (2, 32, 32)
 
@@ -124,19 +133,19 @@ def test_scripts_name_the_command_they_run():
     repo = PACKAGE.parent
     for index, (folder, model_name) in model_folders().items():
         train = (repo / folder / "train-model.py").read_text()
-        assert "from common.training import main" in train and f'model="{model_name}", index={index}' in train
+        assert "from common.commands.train import main" in train and f'model="{model_name}", index={index}' in train
         test = (repo / folder / "test-model.py").read_text()
-        assert "from common.evaluation import main" in test and f'model="{model_name}", index={index}' in test
+        assert "from common.commands.evaluate import main" in test and f'model="{model_name}", index={index}' in test
         predict = (repo / folder / "predict.py").read_text()
-        assert "from common.predict import main" in predict and f'model="{model_name}", index={index}' in predict
+        assert "from common.commands.predict import main" in predict and f'model="{model_name}", index={index}' in predict
     six = (repo / "6-Distilling-to-EEEA-Net-C2" / "predict.py").read_text()
-    assert "from common.predict import main" in six and 'model="eeea_c2", index=6' in six
-    assert "from common.distill import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "train-model.py").read_text()
-    assert "from common.compare import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "test-model.py").read_text()
+    assert "from common.commands.predict import main" in six and 'model="eeea_c2", index=6' in six
+    assert "from common.commands.distill import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "train-model.py").read_text()
+    assert "from common.commands.compare import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "test-model.py").read_text()
 
 
 def test_a_project_checkpoint_saved_for_the_sixth_model_round_trips(sixth_model, tmp_path):
-    from common.checkpoint import load_model_from_checkpoint
+    from common.runs.checkpoint import load_model_from_checkpoint
     model = create_model("tinynet", num_classes=14)
     save_atomic({"model": model.state_dict(), "model_name": "tinynet", "num_classes": 14, "img_size": 32},
                 tmp_path / "model7.pth")

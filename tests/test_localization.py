@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common import localization as loc
 from common.errors import UserError
+from common.explain import localization as loc
 
 
 def test_packaged_bbox_list_has_the_published_counts():

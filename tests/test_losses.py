@@ -1,12 +1,18 @@
-"""Tests of common.losses: the hard-label loss and the per-class Bernoulli KD loss."""
+"""Tests of common.engine.losses: the hard-label loss and the per-class Bernoulli KD loss."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import (LabelLoss, MIN_TEACHER_WEIGHT, MultiLabelKDLoss, auroc_teacher_weights, bernoulli_kd,
-                           tempered_teacher_probs)
+from common.engine.losses import (
+    MIN_TEACHER_WEIGHT,
+    LabelLoss,
+    MultiLabelKDLoss,
+    auroc_teacher_weights,
+    bernoulli_kd,
+    tempered_teacher_probs,
+)
 
 
 def _logits(seed, *shape):

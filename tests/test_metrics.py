@@ -1,4 +1,4 @@
-"""Tests of common.metrics against hand-computed values."""
+"""Tests of common.evaluation.metrics against hand-computed values."""
 import json
 import math
 import warnings
@@ -8,8 +8,8 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import f1_score, roc_auc_score
 
-from common import metrics
 from common.constants import CLASS_NAMES
+from common.evaluation import metrics
 
 NAMES = ("A", "B", "C")
 # Three classes, four images.

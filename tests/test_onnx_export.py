@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from common import onnx_export
-from common.constants import IMAGENET_MEAN, IMAGENET_STD
-from common.data import build_transform, load_png
-from common.errors import UserError
-from common.models import create_model
 from conftest import make_image_dependent
+
+from common.constants import IMAGENET_MEAN, IMAGENET_STD
+from common.data.images import load_png
+from common.data.transforms import build_transform
+from common.errors import UserError
+from common.inference import onnx as onnx_export
+from common.models import create_model
 
 REAL = sorted((Path(__file__).parent / "data" / "images").glob("*.png"))
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_predictor_preprocessing_equals_the_eval_transform(eeea_export):
 
 def test_predictor_does_not_import_torch(eeea_export):
     _, path = eeea_export
-    code = ("import sys, json; from PIL import Image; from common.onnx_export import OnnxPredictor; "
+    code = ("import sys, json; from PIL import Image; from common.inference.onnx import OnnxPredictor; "
             f"p = OnnxPredictor({str(path)!r}); out = p.predict([Image.open({str(REAL[0])!r}).convert('L')]); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'shape': list(out.shape)}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,

@@ -6,17 +6,20 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import make_image_dependent
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from common import predict
-from common.checkpoint import load_model_from_checkpoint
+from common.commands import predict as predict_command
+from common.commands._cli import run_main
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
-from common.errors import UserError, run_main
-from common.data import build_transform, load_png
+from common.data.images import load_png
+from common.data.transforms import build_transform
+from common.errors import UserError
+from common.inference import predictor as predict
 from common.models import create_model
-from conftest import make_image_dependent
+from common.runs.checkpoint import load_model_from_checkpoint
 
 REAL = Path(__file__).parent / "data" / "images"
 GREY = REAL / "00000001_000.png"     # 512 x 512 L
@@ -131,7 +134,7 @@ def test_main_csv_onnx_and_cam(checkpoint, tmp_path, capsys):
     output = tmp_path / "out" / "predictions.csv"
     onnx_file = tmp_path / "model1.onnx"
     common = dict(model="eeea_c2", index=1, folder=folder)
-    assert predict.main([str(GREY), str(RGBA), "--output", str(output), "--cam", "--export-onnx", str(onnx_file)],
+    assert predict_command.main([str(GREY), str(RGBA), "--output", str(output), "--cam", "--export-onnx", str(onnx_file)],
                         **common) == 0
     with open(output, newline="") as stream:
         rows = list(csv.reader(stream))
@@ -139,7 +142,7 @@ def test_main_csv_onnx_and_cam(checkpoint, tmp_path, capsys):
     assert [r[0] for r in rows[1:]] == ["00000001_000.png", "00001369_000.png"]
     assert sorted(p.name for p in (tmp_path / "out" / "predictions-cam").iterdir())[0].startswith("00000001_000_")
     via_onnx = tmp_path / "onnx.csv"
-    assert predict.main([str(GREY), str(RGBA), "--onnx", str(onnx_file), "--output", str(via_onnx)], **common) == 0
+    assert predict_command.main([str(GREY), str(RGBA), "--onnx", str(onnx_file), "--output", str(via_onnx)], **common) == 0
     with open(via_onnx, newline="") as stream:
         onnx_rows = list(csv.reader(stream))
     difference = np.abs(np.array([r[1:] for r in rows[1:]], float) - np.array([r[1:] for r in onnx_rows[1:]], float))
@@ -148,11 +151,11 @@ def test_main_csv_onnx_and_cam(checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("text")
     capsys.readouterr()
-    assert predict.main([str(bad), str(GREY), "--output", str(via_onnx)], **common) == 1
+    assert predict_command.main([str(bad), str(GREY), "--output", str(via_onnx)], **common) == 1
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "bad.png" in err
     # Flag problems are one-line errors with exit status 2.
-    assert run_main(lambda argv: predict.main(argv, **common), []) == 2
-    assert run_main(lambda argv: predict.main(argv, **common), [str(GREY), "--checkpoint", str(tmp_path / "x.pth")]) \
+    assert run_main(lambda argv: predict_command.main(argv, **common), []) == 2
+    assert run_main(lambda argv: predict_command.main(argv, **common), [str(GREY), "--checkpoint", str(tmp_path / "x.pth")]) \
         == 2
     assert "x.pth does not exist" in capsys.readouterr().err

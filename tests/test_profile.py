@@ -3,9 +3,10 @@ import re
 
 import pytest
 
+from common.commands.para_test import para_test_main
 from common.errors import UserError
 from common.models import create_model
-from common.profile import count_parameters, macs, median_latency_ms, para_test_main, thop_total
+from common.models.profile import count_parameters, macs, median_latency_ms, thop_total
 
 DASHES = "-" * 90
 

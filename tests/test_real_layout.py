@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from common import evaluation, training
-from common.data import read_name_list, resource_path
-from common.errors import run_main
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.commands._cli import run_main
+from common.data.labels import read_name_list, resource_path
 
 REAL = Path(__file__).parent / "data" / "images"
 

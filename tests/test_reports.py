@@ -10,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_dependent
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from common import compare, evaluation, training
+from common.commands import compare
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.commands._cli import run_main
+from common.commands.para_test import para_test_main
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
-from common.data import build_split, build_transform, load_png
-from common.errors import run_main
-from common.localization import read_bbox_list
+from common.data.images import load_png
+from common.data.splits import build_split
+from common.data.transforms import build_transform
+from common.explain.localization import read_bbox_list
+from common.inference.predictor import predictions_csv
 from common.models import create_model
-from common.predict import predictions_csv
-from common.profile import para_test_main
-from conftest import make_image_dependent
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "data" / "images"

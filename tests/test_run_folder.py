@@ -9,14 +9,15 @@ import time
 
 import pytest
 import torch
+from conftest import REPO
 
 import common.atomic as atomic
-import common.checkpoint as checkpoint
-import common.run_folder as run_folder
-from common.errors import UserError, run_main
-from common.run_folder import (OutputLock, filesystem_errors, prepare_output_dir, remove_stale_temporaries)
-from common.run_log import TrainingLog
-from conftest import REPO
+import common.runs.checkpoint as checkpoint
+import common.runs.folder as run_folder
+from common.commands._cli import run_main
+from common.engine.run_log import TrainingLog
+from common.errors import UserError, filesystem_errors
+from common.runs.folder import OutputLock, prepare_output_dir, remove_stale_temporaries
 
 
 def digest(path):
@@ -85,7 +86,7 @@ def test_second_lock_is_refused_naming_the_holder(tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from common.run_folder import OutputLock
+    from common.runs.folder import OutputLock
     lock = OutputLock({folder!r}, "model1")
     lock.acquire()
     print("locked", flush=True)
@@ -242,7 +243,7 @@ def test_run_main_turns_only_file_system_oserrors_into_one_line(capsys):
 # --- plots -------------------------------------------------------------------------------------------------------
 
 def test_plot_temporaries_are_unique_and_removed(tmp_path, monkeypatch):
-    from common.plots import plot_training_curves
+    from common.evaluation.plots import plot_training_curves
     log = tmp_path / "log.csv"
     log.write_text("epoch,train_loss,val_mean_auroc\n1,0.5,0.6\n2,0.4,0.7\n")
     names = []

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, run_script
 
 from common.models import model_folders
-from conftest import REPO, run_script
 
 # Every test here runs the scripts as subprocesses (a fresh interpreter each: seconds apiece).
 pytestmark = pytest.mark.slow
@@ -25,9 +25,9 @@ def data_flags(synthetic):
 # checkpoint and curves are written: a real kill at a deterministic moment.
 KILL_AFTER_FIRST_EPOCH = """
 import os, signal, sys
-import common.engine as engine
-from common.errors import run_main
-from common.training import main
+import common.engine.loop as engine
+from common.commands._cli import run_main
+from common.commands.train import main
 draw_curves = engine.plot_training_curves
 def draw_then_die(*args, **kwargs):
     draw_curves(*args, **kwargs)
@@ -136,8 +136,8 @@ def test_bad_inputs_give_one_line_and_exit_2(synthetic, tmp_path):
 
 
 def test_wrong_checkpoints_are_refused(synthetic, tmp_path):
-    from common.checkpoint import save_atomic
     from common.models import create_model
+    from common.runs.checkpoint import save_atomic
     eeea = create_model("eeea_c2", num_classes=14)
     wrong_arch = tmp_path / "model1.pth"
     save_atomic({"model": eeea.state_dict(), "model_name": "eeea_c2", "num_classes": 14, "img_size": 32,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
-from common.seed_spread import seed_run_files, seed_spread
+from common.evaluation.seed_spread import seed_run_files, seed_spread
 
 
 def test_mean_and_sd_across_runs_of_aurocs_and_differences():

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from common import subgroups
 from common.constants import CLASS_NAMES
 from common.errors import UserError
+from common.evaluation import subgroups
 
 
 def test_age_bands():

@@ -1,4 +1,4 @@
-"""Tests of common.synthetic: file formats, patient-disjoint splits, determinism, images, overwrite protection."""
+"""Tests of common.data.synthetic: file formats, patient-disjoint splits, determinism, images, overwrite protection."""
 import filecmp
 import os
 
@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import synthetic
+from common.commands import synthetic as synthetic_command
+from common.commands._cli import run_main
 from common.constants import CLASS_NAMES, NUM_CLASSES
-from common.errors import UserError, run_main
+from common.data import synthetic
+from common.errors import UserError
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
@@ -170,13 +172,13 @@ def test_regenerates_over_a_previous_synthetic_set(tmp_path):
 
 def test_main_command_line(tmp_path, capsys):
     out_dir = str(tmp_path / "cli")
-    assert run_main(synthetic.main, [out_dir, "--patients", "12", "--image-size", "32", "--seed", "2"]) == 0
+    assert run_main(synthetic_command.main, [out_dir, "--patients", "12", "--image-size", "32", "--seed", "2"]) == 0
     assert "Wrote" in capsys.readouterr().out
     assert os.path.isfile(os.path.join(out_dir, synthetic.DATA_ENTRY_NAME))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.txt").write_text("x")
-    assert run_main(synthetic.main, [str(foreign), "--patients", "12"]) == 2
+    assert run_main(synthetic_command.main, [str(foreign), "--patients", "12"]) == 2
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        synthetic.main([out_dir, "--patients", "0"])
+        synthetic_command.main([out_dir, "--patients", "0"])

@@ -1,9 +1,9 @@
 """The synthetic set's box list: BBox_List_2017 layout, test images only, boxes around the drawn findings."""
 import numpy as np
 
-from common import synthetic
 from common.constants import CLASS_NAMES
-from common.localization import BOX_CLASSES, read_bbox_list
+from common.data import synthetic
+from common.explain.localization import BOX_CLASSES, read_bbox_list
 
 
 def test_box_list_layout_and_content(tmp_path):

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from common import compare, distill, evaluation, training
-from common.data import build_split
-from common.distill import Teacher, cache_key
-from common.engine import predict_logits
-from common.errors import UserError, run_main
-from common.metrics import per_class_auroc
-from common.split_data import SplitData
+from common.commands import compare, distill
+from common.commands import evaluate as evaluation
+from common.commands import train as training
+from common.commands._cli import run_main
+from common.data.split_data import SplitData
+from common.data.splits import build_split
+from common.engine.distill import Teacher, cache_key
+from common.errors import UserError
+from common.evaluation.logits import predict_logits
+from common.evaluation.metrics import per_class_auroc
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
@@ -195,9 +198,9 @@ def test_tencrop_thresholds_come_from_tencrop_validation(trained, synthetic, cap
     # The same thresholds, chosen here by hand on ten-crop probabilities of the validation part.
     teacher = Teacher(checkpoint, 1)
     data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("val",), workers=0)
-    from common.data import build_transform
-    from common.engine import sigmoid
-    from common.metrics import choose_thresholds
+    from common.data.transforms import build_transform
+    from common.evaluation.logits import sigmoid
+    from common.evaluation.metrics import choose_thresholds
     view = build_transform(32, teacher.mean, teacher.std, train=False, tencrop=True)
     logits, targets = predict_logits(teacher.model, data.loader("val", view, 3, shuffle=False), torch.device("cpu"),
                                      None)
@@ -243,8 +246,8 @@ def test_student_init_trained_on_test_patients_is_refused(trained, synthetic, tm
     assert run_main(distill.main, argv) == 2
     # The teacher is checked first; both are model1, trained on the swapped split's test patients.
     one_line_error(capsys, "was trained on", "test part")
-    from common.identity import check_unseen_patients
-    from common.checkpoint import load_checkpoint
+    from common.runs.checkpoint import load_checkpoint
+    from common.runs.identity import check_unseen_patients
     split = build_split(str(swapped))
     with pytest.raises(UserError, match="--student-init .* was trained on .* patients of the test part"):
         check_unseen_patients(model1, load_checkpoint(model1),

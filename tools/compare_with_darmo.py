@@ -23,7 +23,7 @@ warnings.filterwarnings("ignore")
 import darmo  # noqa: E402
 
 from common.models import create_model, load_pretrained  # noqa: E402
-from common.profile import count_parameters, thop_total  # noqa: E402
+from common.models.profile import count_parameters, thop_total  # noqa: E402
 
 torch.manual_seed(0)
 for darmo_name, our_name, native in (("eeea_c2", "eeea_c2", 192), ("ofa595_1k", "ofa595", 236)):

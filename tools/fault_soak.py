@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from common.synthetic import generate_synthetic_cxr8  # noqa: E402
+from common.data.synthetic import generate_synthetic_cxr8  # noqa: E402
 
 TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]

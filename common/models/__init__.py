@@ -15,8 +15,17 @@ All models return logits and share ``forward_features``, ``forward_head(x, pre_l
 """
 from common.models.factory import create_model
 from common.models.pretrained import load_pretrained
-from common.models.registry import (ModelInfo, build_model, check_img_size, list_models, model_folders,
-                                    model_for_folder, model_info, register_model, unregister_model)
+from common.models.registry import (
+                                    ModelInfo,
+                                    build_model,
+                                    check_img_size,
+                                    list_models,
+                                    model_folders,
+                                    model_for_folder,
+                                    model_info,
+                                    register_model,
+                                    unregister_model,
+)
 
 __all__ = ["ModelInfo", "build_model", "check_img_size", "create_model", "list_models", "load_pretrained",
            "model_folders", "model_for_folder", "model_info", "register_model", "unregister_model"]

@@ -1,0 +1,95 @@
+"""``test-model.py`` of folders 1-5: evaluate a checkpoint (or a file of another model's predictions) on the test part
+of a split, write results beside it; optionally Grad-CAM sheets and the localisation score on the NIH boxes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.commands._cli import ArgumentParser, positive_int
+from common.commands._flags import add_evaluation_arguments, add_localization_arguments, make_paths_absolute
+from common.data.split_data import split_data_for
+from common.errors import UserError
+from common.evaluation.scoring import (
+    evaluate_checkpoint,
+    predictions_split,
+    print_result,
+    score_predictions_file,
+    write_results,
+)
+from common.explain.localization import read_boxes
+from common.explain.report import (
+    json_ready,
+    localization_report,
+    localization_text,
+    write_cam_report,
+    write_localization,
+)
+from common.runs.checkpoint import load_checkpoint
+
+
+def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
+    """Flags of the test scripts; split and label file default to the ones the checkpoint was trained with."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: modelK.pth of this folder)")
+    parser.add_argument("--predictions", default=None, metavar="CSV",
+                        help="score this CSV of per-image probabilities (Image Index,prob_<Class>,...) instead of a "
+                             "checkpoint, on the test part of --split (default official); results go beside it")
+    add_evaluation_arguments(parser)
+    parser.add_argument("--cam", type=positive_int, default=None, metavar="K",
+                        help="write Grad-CAM overlays of the K most probable test images of every class and one "
+                             "summary sheet (<stem>-test-cam/, <stem>-test-cam-sheet.png)")
+    add_localization_arguments(parser)
+    return parser
+
+
+def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> int:
+    """``python test-model.py [flags]`` of folder ``index``: tests ``model<index>.pth`` (a ``model`` network).
+
+    The checkpoint is ``--checkpoint`` or else ``model<index>.pth`` in ``folder`` (the script's own folder). With
+    ``--predictions FILE.csv`` the file is scored instead, with the same report, and no checkpoint is read.
+    """
+    prefix = f"model{index}"
+    args = get_args_parser(description=f"Test {prefix}.pth ({model}) on the test split").parse_args(argv)
+    make_paths_absolute(args)
+    if args.predictions:
+        return _score_predictions(args)
+    if args.checkpoint is None and folder is None:
+        raise UserError("no checkpoint: pass --checkpoint")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(folder) / f"{prefix}.pth"
+    boxes = read_boxes(args.bbox_file) if (args.localization or args.cam or args.bbox_file) else None
+    print("=> loading checkpoint")
+    data = None
+    if args.cam or args.localization:
+        # The maps are drawn on the images of the split the checkpoint is scored on: keep that split's image source.
+        config = load_checkpoint(checkpoint)["config"]
+        data = split_data_for(config, args, parts=("test", "val") if args.tencrop else ("test",))
+    result = evaluate_checkpoint(checkpoint, model, data, args)
+    print("=> loaded checkpoint")
+    print_result(result)
+    extra = []
+    if args.cam:
+        cams = write_cam_report(result, data, args.cam, boxes[0], batch_size=args.batch_size)
+        print(f"Grad-CAM: {len(cams['overlays'])} overlays in {cams['folder']}, sheet {cams['sheet']}")
+        extra.append(cams["sheet"])
+    if args.localization:
+        loc = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size)
+        print(localization_text(result, loc))
+        result.report["localization"] = json_ready(loc)
+        extra.append(write_localization(result, loc))
+    paths = write_results(result)
+    print("results written: " + ", ".join(str(p) for p in [*paths.values(), *extra]))
+    return 0
+
+
+def _score_predictions(args) -> int:
+    """``--predictions FILE.csv``: the checkpoint's report for another model's probabilities."""
+    if args.checkpoint or args.cam or args.localization or args.tencrop:
+        raise UserError("--predictions scores a file of probabilities; --checkpoint, --cam, --localization and "
+                        "--tencrop need a checkpoint")
+    path = Path(args.predictions)
+    if not path.is_file():
+        raise UserError(f"predictions file {path} does not exist")
+    result = score_predictions_file(path, predictions_split(args), args)
+    print_result(result)
+    paths = write_results(result)
+    print("results written: " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,374 @@
+"""Scoring a checkpoint on a part of its split: metrics, the printed report and the result files.
+
+Shared by ``test-model.py`` of folders 1-5 and the folder 6 comparison.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import save_bytes_atomic, write_text_atomic
+from common.constants import CLASS_NAMES, NUM_CLASSES
+from common.data.fingerprint import file_sha256
+from common.data.labels import LABEL_VERSIONS
+from common.data.split_data import SplitData, split_data_for
+from common.data.splits import Split, SplitPart, build_split
+from common.errors import UserError
+from common.evaluation.external import read_predictions_csv
+from common.evaluation.logits import predict_logits, sigmoid
+from common.evaluation.metrics import (
+    choose_thresholds,
+    evaluation_report,
+    format_auroc_lines,
+    format_metrics_table,
+    patient_bootstrap_auroc_ci,
+)
+from common.evaluation.plots import plot_roc_curves
+from common.evaluation.subgroups import (
+    AGE_BANDS,
+    SEXES,
+    VIEWS,
+    Demographics,
+    calibration,
+    plot_reliability,
+    read_demographics,
+    subgroup_aurocs,
+)
+from common.runs.checkpoint import load_model_from_checkpoint
+from common.runs.identity import check_unseen_patients, run_identity, split_identity
+from common.runtime.device import amp_dtype_for, precision_name, resolve_device
+
+
+@dataclass
+class TestResult:
+    """Everything one evaluation produced."""
+
+    checkpoint: Path
+    model_name: str
+    report: dict
+    probs: np.ndarray
+    targets: np.ndarray
+    names: list
+    patient_ids: np.ndarray
+    model: object = None        # the evaluated model (for parameter and MAC counts, Grad-CAM)
+    meta: dict | None = None    # the checkpoint's model_name, img_size, mean and std (to rebuild the input view)
+    logits: np.ndarray | None = None  # float32 logits of a checkpoint's evaluation (written for reuse)
+
+
+THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patients of the training pool; on the "
+                           "official split they transfer imperfectly to the test set, whose case mix differs "
+                           "(56.6% AP views against 35% in train_val; docs/data.md §3).")
+
+
+def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None, args,
+                        part: str = "test", demographics: Demographics | None = None,
+                        reuse: bool = False) -> TestResult:
+    """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores.
+
+    A split other than the checkpoint's own is allowed only when none of its ``part`` patients was trained or
+    selected on (checked by patients). With ``--tencrop`` the validation thresholds are chosen again on ten-crop
+    validation probabilities, the view they are applied to. The report always adds the subgroup AUROCs and the
+    calibration (:func:`add_subgroups_and_calibration`); ``demographics`` saves re-reading the Data_Entry file when
+    several checkpoints are scored on one split (default: :func:`demographics_for`). ``reuse``: take the logits
+    from the checkpoint's own ``test-model.py`` results when their run identity matches (:func:`reusable_logits`).
+    """
+    checkpoint, model = load_model_from_checkpoint(checkpoint_path, expected_model)
+    if checkpoint["num_classes"] != NUM_CLASSES:
+        raise UserError(f"{checkpoint_path} has {checkpoint['num_classes']} classes, not the {NUM_CLASSES} of "
+                        "ChestX-ray14")
+    config = checkpoint["config"]
+    parts = (part, "val") if args.tencrop else (part,)
+    if data is None:
+        data = split_data_for(config, args, parts=parts)
+    leakage = patient_check(checkpoint_path, checkpoint, data, parts)
+    device = resolve_device(args.device)
+    amp_dtype = amp_dtype_for(device, not args.no_amp)
+    model.to(device)
+    view = ("tencrop" if args.tencrop else "eval", checkpoint["img_size"], checkpoint["mean"], checkpoint["std"])
+    batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
+    part_data = data.split.parts[part]
+    identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
+                            data.identity(part_data.names),
+                            {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
+                             "crop": "ten-crop" if args.tencrop else "centre crop",
+                             "precision": precision_name(amp_dtype) + " body, fp32 head",
+                             "trained": checkpoint.get("identity")})
+    logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not args.tencrop else None
+    if logits is None:
+        loader, augment = data.batches(part, *view, batch_size)  # augment: the eval view on the device (image cache)
+        logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}",
+                                         augment=augment)
+    else:
+        print(f"reusing the test predictions of {checkpoint_path.name} (same checkpoint, images, view and precision)")
+        targets = part_data.labels.astype(np.uint8)
+    probs = sigmoid(logits)
+    thresholds = checkpoint.get("val_thresholds")
+    threshold_view = "centre crop (chosen when the checkpoint was saved)"
+    if args.tencrop:
+        # Thresholds must come from the view they are applied to: ten-crop probabilities are smoother.
+        val_loader, val_augment = data.batches("val", *view, batch_size)
+        val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype, augment=val_augment,
+                                                 desc=f"{checkpoint_path.name} val (ten-crop thresholds)")
+        thresholds = choose_thresholds(val_targets, sigmoid(val_logits), CLASS_NAMES)
+        threshold_view = "ten-crop (chosen now on the validation part)"
+    report = evaluation_report(targets, probs, CLASS_NAMES,
+                               val_thresholds=None if thresholds is None else np.asarray(thresholds))
+    n_boot = getattr(args, "n_boot", 1000)
+    interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids, n_boot=n_boot, seed=0)
+    report.update({
+        "checkpoint": str(checkpoint_path), "model_name": checkpoint["model_name"], "split": data.split.name,
+        "split_description": data.split.describe(), "part": part, "label_file": data.split.labels,
+        "crop": "ten-crop" if args.tencrop else "centre crop", "img_size": checkpoint["img_size"],
+        "trained_epoch": checkpoint.get("epoch"), "val_mean_auroc": checkpoint.get("val_mean_auroc"),
+        "git_commit": checkpoint.get("git_commit"),
+        "mean_auroc_ci95": {"low": interval["ci_low"], "high": interval["ci_high"], "n_boot": interval["n_boot"],
+                            "n_patients": interval["n_patients"], "resampling": "patients"},
+        "threshold_view": threshold_view, "threshold_note": THRESHOLD_TRANSFER_NOTE,
+        "leakage_check": leakage, "identity": identity,
+    })
+    if demographics is None:
+        demographics, note = demographics_for(data.split, getattr(args, "demographics", None))
+    else:
+        note = None
+    add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
+                                  getattr(args, "subgroup_boot", 200), note)
+    meta = {"model_name": checkpoint["model_name"], "img_size": checkpoint["img_size"], "mean": checkpoint["mean"],
+            "std": checkpoint["std"]}
+    return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
+                      part_data.patient_ids, model, meta, logits)
+
+
+def reusable_logits(checkpoint_path: Path, identity: dict, names) -> np.ndarray | None:
+    """The float32 test logits ``test-model.py`` wrote beside a checkpoint, when its recorded identity equals this
+    evaluation's (checkpoint file hash, split, image files, view and precision) and it covers ``names`` in order;
+    otherwise None (the caller runs the model)."""
+    stem = Path(checkpoint_path).with_suffix("")
+    report_path, predictions_path = Path(f"{stem}-test.json"), Path(f"{stem}-test-predictions.csv.gz")
+    if not (report_path.is_file() and predictions_path.is_file()):
+        return None
+    recorded = json.loads(report_path.read_text()).get("identity") or {}
+    same = (recorded.get("split") == identity["split"] and recorded.get("data") == identity["data"]
+            and all(recorded.get("recipe", {}).get(key) == identity["recipe"][key]
+                    for key in ("checkpoint_sha256", "crop", "precision")))
+    if not same:
+        return None
+    with gzip.open(predictions_path, "rt", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    columns = [f"logit_{name}" for name in CLASS_NAMES]
+    if [row["Image Index"] for row in rows] != list(names) or not rows or columns[0] not in rows[0]:
+        return None
+    return np.asarray([[float(row[column]) for column in columns] for row in rows], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Subgroups and calibration
+# --------------------------------------------------------------------------------------------------------------------
+ECE_BINS = 15
+
+
+def demographics_for(split: Split, demographics_flag: str | None) -> tuple[Demographics | None, str | None]:
+    """The sex, age and view of the split's images, and a note when there are none.
+
+    Where they come from, first match: ``--demographics FILE``; the split's Data_Entry label file (``v2020``,
+    ``2017`` or a path); for ``arnoweng`` (inline 2017 labels) the packaged Data_Entry_2017; for a folder of
+    labelled lists, the one ``Data_Entry*.csv`` (or ``.csv.gz``) in that folder or its parent, where the NIH download
+    and the synthetic generator keep it. Without any, ``(None, note)``: the report says the subgroups were not
+    computed and why. Two candidate files are refused rather than one picked.
+    """
+    if demographics_flag:
+        return read_demographics(demographics_flag), None
+    source = split.label_source
+    if source in LABEL_VERSIONS or (source and source != "inline"):
+        return read_demographics(source), None
+    if split.name == "arnoweng":
+        return read_demographics("2017"), None
+    folder = Path(split.name)
+    for place in (folder, folder.parent):
+        found = sorted(set(place.glob("Data_Entry*.csv")) | set(place.glob("Data_Entry*.csv.gz")))
+        if len(found) > 1:
+            raise UserError(f"{place} holds {len(found)} Data_Entry files ({', '.join(p.name for p in found)}); "
+                            "pass --demographics FILE to say which gives sex, age and view")
+        if found:
+            return read_demographics(found[0]), None
+    return None, (f"no Data_Entry file beside the split lists in {folder}; pass --demographics FILE for the "
+                  "subgroup AUROCs")
+
+
+def add_subgroups_and_calibration(report: dict, targets, probs, names, patient_ids, demographics, n_boot: int,
+                                  note: str | None = None) -> None:
+    """Add ``report["subgroups"]`` (mean AUROC by sex, age band and view with patient-level intervals of ``n_boot``
+    resamples) and ``report["calibration"]`` (per-class ECE with :data:`ECE_BINS` bins, Brier, reliability curve).
+
+    ``n_boot`` is separate from the main interval's: nine groups each resampled costs about three whole-set
+    bootstraps per resample, so the default (``--subgroup-boot 200``) keeps the default test run near 1.6 times the
+    main bootstrap. Without ``demographics`` the subgroups are ``{"note": ...}``.
+    """
+    if demographics is None:
+        report["subgroups"] = {"note": note or "no demographics"}
+    else:
+        report["subgroups"] = {"source": demographics.source, "n_boot": int(n_boot), "resampling": "patients",
+                               **subgroup_aurocs(targets, probs, names, patient_ids, demographics, n_boot=n_boot,
+                                                 seed=0)}
+    report["calibration"] = calibration(targets, probs, n_bins=ECE_BINS)
+
+
+def format_subgroup_lines(report: dict) -> list[str]:
+    """Mean AUROC [95% interval] and image counts by sex, age band and view; then the mean ECE and Brier."""
+    subgroups = report.get("subgroups", {})
+    lines = []
+    if "note" in subgroups:
+        lines.append(f"Subgroups: not computed ({subgroups['note']})")
+    elif subgroups:
+        lines.append(f"Mean AUROC by subgroup (95% interval: patients resampled, {subgroups['n_boot']} times; "
+                     f"from {Path(subgroups['source']).name}):")
+        for grouping, groups in (("sex", SEXES), ("age", AGE_BANDS), ("view", VIEWS)):
+            cells = []
+            for group in groups:
+                entry = subgroups[grouping][group]
+                value = entry["mean_auroc"]
+                interval = (f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None
+                            else "")
+                cells.append(f"{group} {'n/a' if value is None else format(value, '.3f')}{interval} "
+                             f"(n={entry['n_images']})")
+            lines.append(f"  {grouping:<5} " + "; ".join(cells))
+    cal = report.get("calibration")
+    if cal:
+        worst = max(cal["per_class"], key=lambda c: cal["per_class"][c]["ece"])
+        lines.append(f"Calibration ({cal['n_bins']} bins): mean ECE {cal['mean_ece']:.4f}, mean Brier "
+                     f"{cal['mean_brier']:.4f}; largest ECE {worst} {cal['per_class'][worst]['ece']:.4f}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# External predictions
+# --------------------------------------------------------------------------------------------------------------------
+def predictions_split(args) -> Split:
+    """The split a predictions file is scored on: ``--split`` (default official) and ``--label-file``."""
+    return build_split(args.split or "official", args.label_file,
+                       args.val_fraction if args.val_fraction is not None else 0.1, 0)
+
+
+def score_predictions_file(path: Path, split: Split, args, part: str = "test", name: str | None = None,
+                           demographics: Demographics | None = None) -> TestResult:
+    """Score a CSV of per-image probabilities (``Image Index,prob_<Class>,...``) on ``part`` of ``split``, with the
+    report a checkpoint gets (per-class metrics at 0.5, the patient-level interval, subgroups, calibration).
+
+    The file must hold exactly the part's images (:func:`common.evaluation.external.read_predictions_csv`). There are no
+    validation thresholds: the file has no validation predictions to choose them on.
+    """
+    path = Path(path)
+    part_data: SplitPart = split.parts[part]
+    probs = read_predictions_csv(path, part_data.names)
+    targets = part_data.labels.astype(np.float32)
+    report = evaluation_report(targets, probs, CLASS_NAMES)
+    interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids,
+                                          n_boot=getattr(args, "n_boot", 1000), seed=0)
+    label = name or path.stem
+    report.update({
+        "source": str(path), "source_sha256": file_sha256(path), "model_name": label, "split": split.name,
+        "split_description": split.describe(), "part": part, "label_file": split.labels,
+        "crop": "as in the predictions file", "img_size": None,
+        "mean_auroc_ci95": {"low": interval["ci_low"], "high": interval["ci_high"], "n_boot": interval["n_boot"],
+                            "n_patients": interval["n_patients"], "resampling": "patients"},
+        "threshold_view": "0.5 only (a predictions file has no validation predictions to choose thresholds on)",
+        "threshold_note": "", "identity": {"predictions": {"file": str(path), "sha256": file_sha256(path)}},
+    })
+    if demographics is None:
+        demographics, note = demographics_for(split, getattr(args, "demographics", None))
+    else:
+        note = None
+    add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
+                                  getattr(args, "subgroup_boot", 200), note)
+    return TestResult(path, label, report, probs, targets, list(part_data.names), part_data.patient_ids)
+
+
+def patient_check(checkpoint_path: Path, checkpoint: dict, data: SplitData, parts) -> dict:
+    """Record that the evaluated part is the checkpoint's own test part, or check by patients that the parts of
+    another split (the test part, and the validation part ten-crop thresholds are chosen on) hold no patient the
+    checkpoint was trained or selected on."""
+    config = checkpoint.get("config", {})
+    own = (config.get("split") == data.split.name and config.get("val_fraction", 0.1) == data.val_fraction
+           and config.get("seed", 0) == data.seed)
+    if own and set(parts) <= {"test", "val"}:
+        return {"same_split": True, "checked_by": "the split's own leakage check (train, val, test disjoint)"}
+    checked = check_unseen_patients(
+        checkpoint_path, checkpoint,
+        {f"{part} part of split {data.split.name}": (data.split.parts[part].patient_ids, ("train", "val"))
+         for part in parts}, "checkpoint")
+    return {"same_split": False, "cross_split": True, **checked}
+
+
+def write_results(result: TestResult) -> dict:
+    """Write ``<stem>-test.json``, ``<stem>-test.csv``, per-image predictions and ROC curves beside the checkpoint."""
+    stem = result.checkpoint.with_suffix("")
+    paths = {"json": Path(f"{stem}-test.json"), "csv": Path(f"{stem}-test.csv"),
+             "predictions": Path(f"{stem}-test-predictions.csv.gz"), "roc": Path(f"{stem}-test-roc.png")}
+    if "calibration" in result.report:
+        paths["reliability"] = Path(f"{stem}-test-reliability.png")
+    write_text_atomic(json.dumps(result.report, indent=2), paths["json"])
+    write_text_atomic(_per_class_csv(result.report), paths["csv"])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    # The float32 logits go last, written exactly (9 significant digits), so the comparison can reuse them.
+    logit_columns = [f"logit_{c}" for c in CLASS_NAMES] if result.logits is not None else []
+    writer.writerow(["Image Index", "Patient ID", *[f"p_{c}" for c in CLASS_NAMES], *CLASS_NAMES, *logit_columns])
+    logits = result.logits if result.logits is not None else [()] * len(result.names)
+    for name, patient, prob, target, logit in zip(result.names, result.patient_ids, result.probs, result.targets,
+                                                  logits):
+        writer.writerow([name, patient, *[f"{p:.6f}" for p in prob], *target.tolist(),
+                         *[f"{value:.9g}" for value in logit]])
+    # mtime=0: the same predictions give the same bytes; written atomically like every result file.
+    save_bytes_atomic(gzip.compress(table.getvalue().encode(), mtime=0), paths["predictions"])
+    plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],
+                    paths["roc"], f"{result.model_name}: {result.report['split']} {result.report['part']}, "
+                                  f"labels {result.report['label_file']}")
+    if "reliability" in paths:
+        cal = result.report["calibration"]
+        plot_reliability(paths["reliability"], cal,
+                         f"{result.model_name}: reliability ({cal['n_bins']} bins; mean ECE {cal['mean_ece']:.3f}, "
+                         f"mean Brier {cal['mean_brier']:.3f})")
+    return paths
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
+def _per_class_csv(report: dict) -> str:
+    rows = ["class,positives,auroc,f1@0.5,accuracy@0.5,sensitivity@0.5,specificity@0.5,threshold_val,"
+            "f1@val,accuracy@val,sensitivity@val,specificity@val"]
+    at_half = report["threshold_0.5"]
+    at_val = report.get("threshold_val_max_f1")
+    for index, name in enumerate(report["classes"]):
+        auroc = report["auroc"][name]
+        cells = [name, str(report["positives"][name]), "n/a" if auroc is None else f"{auroc:.6f}"]
+        cells += [_cell(at_half[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
+        if at_val:
+            cells.append(_cell(at_val["thresholds"][name]))
+            cells += [_cell(at_val[m][name]) for m in ("f1", "accuracy", "sensitivity", "specificity")]
+        else:
+            cells += [""] * 5
+        rows.append(",".join(cells))
+    return "\n".join(rows) + "\n"
+
+
+def print_result(result: TestResult) -> None:
+    """The original's AUROC lines, then the metrics table and which split and labels they are on."""
+    for line in format_auroc_lines(result.report):
+        print(line)
+    interval = result.report.get("mean_auroc_ci95")
+    if interval and interval["low"] is not None:
+        print(f"95% interval of the mean AUROC (patients resampled, {interval['n_boot']} times, "
+              f"{interval['n_patients']:,} patients): [{interval['low']:.3f}, {interval['high']:.3f}]")
+    size = result.report["img_size"]
+    print(f"({result.report['split_description']}; {result.report['crop']}{'' if size is None else f' at {size}'})")
+    print(format_metrics_table(result.report))
+    print(f"Thresholds: {result.report['threshold_view']}. {result.report['threshold_note']}".rstrip())
+    for line in format_subgroup_lines(result.report):
+        print(line)

@@ -1,0 +1,182 @@
+"""ONNX export of the project's networks and an on-device predictor that needs only numpy, Pillow and onnxruntime.
+
+- :func:`export_onnx`: eval mode, sigmoid included (the graph outputs probabilities), dynamic batch axis, traced
+  with a batch of 2 (a batch of 1 can be specialised into the graph), TorchScript exporter (``dynamo=False``) where
+  this PyTorch has the switch, then ``onnx.checker``. The evaluation preprocessing (image size, resize, mean, std)
+  and the class names are stored in the model's ``metadata_props``.
+- :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
+- :class:`OnnxPredictor`: reads an exported file, applies the same evaluation view as ``common.data.transforms.build_transform``
+  (resize the shorter side to ``round(s*256/224)`` with PIL bilinear, centre crop ``s``, scale to [0, 1],
+  normalise) and returns probabilities. Importing this module and using the predictor does not import torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from common.errors import UserError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+# Opset 17 is supported by every onnxruntime >= 1.14 and by the TorchScript exporter of torch 2.1 and later.
+OPSET = 17
+METADATA_KEY = "dtforcxr8"
+
+
+def _resize_short_side(img_size: int) -> int:
+    # Same rule as common.data.images.eval_resize; repeated here so this module does not import torch.
+    return int(round(img_size * 256 / 224))
+
+
+def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD, model_name: str = "", class_names: Sequence[str] = CLASS_NAMES,
+                opset: int = OPSET) -> Path:
+    """Export ``model`` (logits out) as an ONNX graph ``image [N, 3, s, s] -> probabilities [N, C]``.
+
+    Args:
+        model: a network of this project; it is exported in eval mode and its previous mode restored.
+        img_size: the input side ``s`` (the checkpoint's ``img_size``).
+        path: the ``.onnx`` file to write (the folder is created).
+        mean, std: the checkpoint's normalisation, stored in the metadata for :class:`OnnxPredictor`.
+        model_name: registry name, stored in the metadata.
+        class_names: output order, stored in the metadata.
+        opset: ONNX opset.
+
+    Returns:
+        the path written. ``onnx.checker`` has validated it.
+    """
+    import inspect
+
+    import onnx
+    import torch
+
+    class WithSigmoid(torch.nn.Module):
+        """The network followed by the sigmoid, so on-device code gets probabilities without post-processing."""
+
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+
+        def forward(self, image):
+            return torch.sigmoid(self.network(image))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    example = torch.zeros(2, 3, img_size, img_size, device=device)
+    options = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
+        options["dynamo"] = False
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(WithSigmoid(model), (example,), str(temporary), input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **options)
+        graph = onnx.load(str(temporary))
+        info = {"model_name": model_name, "img_size": int(img_size), "resize": _resize_short_side(img_size),
+                "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                "class_names": list(class_names), "output": "sigmoid probabilities"}
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(info)
+        onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        model.train(was_training)
+    return path
+
+
+def check_onnx(path: str | os.PathLike, model, images) -> float:
+    """Largest absolute difference between the ONNX file's probabilities and ``sigmoid(model(images))``.
+
+    Args:
+        path: an exported file.
+        model: the PyTorch network it was exported from (evaluated in eval mode, mode restored).
+        images: ``[B, 3, s, s]`` normalised inputs (a torch tensor or numpy array).
+    """
+    import torch
+
+    batch = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = torch.sigmoid(model(batch.to(next(model.parameters()).device))).cpu().numpy()
+    finally:
+        model.train(was_training)
+    got = OnnxPredictor(path).predict_array(batch.numpy())
+    return float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+
+
+class OnnxPredictor:
+    """Run an exported model with onnxruntime on the CPU, preprocessing with numpy and Pillow only.
+
+    Attributes:
+        path, model_name, img_size, resize, mean, std, class_names: from the file's metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import onnxruntime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"ONNX file {self.path} does not exist")
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for any unreadable or invalid file.
+            raise UserError(f"cannot load ONNX model {self.path}: {str(err).splitlines()[0]}") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise UserError(f"{self.path} has no {METADATA_KEY!r} metadata (preprocessing unknown); export it with "
+                            "common.inference.onnx.export_onnx or predict.py --export-onnx")
+        info = json.loads(raw)
+        self.model_name = info["model_name"]
+        self.img_size = int(info["img_size"])
+        self.resize = int(info["resize"])
+        self.mean = np.asarray(info["mean"], dtype=np.float32)
+        self.std = np.asarray(info["std"], dtype=np.float32)
+        self.class_names = list(info["class_names"])
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """A PIL 'L' image -> normalised float32 ``[3, s, s]``, exactly as ``common.data.transforms.build_transform`` (eval).
+
+        Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
+        bilinear; centre crop with offsets ``int(round((size - s) / 2))``; ``/ 255``; ``(x - mean) / std``.
+        """
+        if image.mode != "L":
+            raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        resized_long = int(self.resize * long / short)
+        size = (self.resize, resized_long) if width <= height else (resized_long, self.resize)
+        if size != image.size:
+            image = image.resize(size, Image.BILINEAR)
+        left = int(round((size[0] - self.img_size) / 2.0))
+        top = int(round((size[1] - self.img_size) / 2.0))
+        crop = np.asarray(image.crop((left, top, left + self.img_size, top + self.img_size)), dtype=np.float32)
+        crop = crop / np.float32(255.0)
+        return (crop[None, :, :] - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, C]`` of normalised inputs ``[N, 3, s, s]``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        """Probabilities ``[N, C]`` of PIL 'L' images (any size)."""
+        if not len(images):
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        outputs = [self.predict_array(np.stack([self.preprocess(image) for image in images[start:start + batch_size]]))
+                   for start in range(0, len(images), batch_size)]
+        return np.concatenate(outputs)

@@ -1,0 +1,75 @@
+"""Checkpoint files: atomic torch.save, loading a checkpoint and its model, and the paths a training run writes."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.atomic import write_atomic
+from common.errors import UserError
+from common.models import create_model
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """The files of one training run: best and last checkpoints, the log CSV and the curves PNG."""
+
+    best: Path
+    last: Path
+    log: Path
+    curves: Path
+
+    @classmethod
+    def for_prefix(cls, output_dir: Path, prefix: str) -> "CheckpointPaths":
+        """``<prefix>.pth``, ``<prefix>-last.pth``, ``<prefix>-log.csv`` and ``<prefix>-curves.png`` in ``output_dir``."""
+        output_dir = Path(output_dir)
+        return cls(best=output_dir / f"{prefix}.pth", last=output_dir / f"{prefix}-last.pth",
+                   log=output_dir / f"{prefix}-log.csv", curves=output_dir / f"{prefix}-curves.png")
+
+    @property
+    def prefix(self) -> str:
+        return self.best.stem
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`common.atomic.write_atomic`); raises
+    :class:`UserError` on a file-system failure, leaving the previous file unchanged."""
+    write_atomic(path, lambda stream: torch.save(obj, stream), "wb")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not a checkpoint".
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:
+        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); "
+                        "use --pretrained to start from a published weight file")
+    return checkpoint
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, expected_model: str | None = None):
+    """Rebuild a checkpoint's model and load its weights strictly; returns ``(checkpoint, model)``.
+
+    A checkpoint of another architecture than ``expected_model`` (when given), or weights that do not fit the
+    recorded class count, is a :class:`UserError` naming the file.
+    """
+    checkpoint = load_checkpoint(path)
+    if expected_model is not None and checkpoint["model_name"] != expected_model:
+        raise UserError(f"{path} holds a {checkpoint['model_name']} model, not {expected_model}")
+    model = create_model(checkpoint["model_name"], num_classes=checkpoint["num_classes"],
+                         img_size=checkpoint["img_size"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        details = " ".join(str(err).split())
+        raise UserError(f"{path} does not fit a {checkpoint['num_classes']}-class "
+                        f"{checkpoint['model_name']}: {details[:300]}") from None
+    return checkpoint, model
