@@ -1,7 +1,6 @@
 """The image cache through the commands: training and testing with --image-cache, the same evaluation predictions
 as the PNG path, and the run identity that records the cache."""
 import json
-from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 from common.commands import evaluate as evaluation
 from common.commands import train as training
 from common.data.cache_build import build_image_cache
-from common.data.split_data import SplitData, split_data_for
+from common.data.split_data import DataFlags, SplitData, split_data_for
 from common.errors import UserError
 from common.evaluation.logits import predict_logits
 from common.runs.checkpoint import load_checkpoint, load_model_from_checkpoint
@@ -55,9 +54,8 @@ def test_cached_and_png_evaluation_give_the_same_predictions(synthetic, cached, 
     checkpoint, model = load_model_from_checkpoint(tmp_path / "model1.pth")
     results = {}
     for source, cache_dir in (("png", None), ("cache", cached.directory)):
-        args = Namespace(data_dir=None, split=None, label_file=None, val_fraction=None, workers=0, threads=1,
-                         image_cache=cache_dir)
-        data = split_data_for(checkpoint["config"], args, parts=("test",))
+        data = split_data_for(checkpoint["config"], DataFlags(workers=0, threads=1, image_cache=cache_dir),
+                              parts=("test",))
         for view in ("eval", "tencrop"):
             loader, augment = data.batches("test", view, IMG_SIZE, checkpoint["mean"], checkpoint["std"], 8)
             assert (augment is None) == (source == "png" or view == "tencrop")

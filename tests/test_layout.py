@@ -1,12 +1,18 @@
-"""The package's shape: the four commands are siblings, and a model is one registry entry."""
+"""The house in floors (every import points down, the commands sit on top, the light paths stay light), and a model
+is one registry entry.
+
+The rules read the package's imports with ``ast`` (every import, including the ones inside functions), so they
+hold for any module added later without a list to keep up to date.
+"""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import common
 from common.commands.compare import model_entries
 from common.commands.para_test import para_test_main
 from common.models import (
@@ -21,41 +27,242 @@ from common.models import (
 from common.models.converters import rename_keys
 from common.runs.checkpoint import save_atomic
 
-COMMANDS = ("train", "evaluate", "distill", "compare", "predict")
-PACKAGE = Path(common.__file__).parent
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "common"
+
+#: The floors, bottom to top. A module may import its own floor and the floors below; ``explain`` and ``engine``
+#: share a floor and do not import each other. The top-level modules (``constants``, ``errors``, ``atomic``) are
+#: the ground floor.
+FLOORS = (("",), ("runtime",), ("data",), ("inference",), ("models",), ("runs",), ("evaluation",),
+          ("explain", "engine"), ("commands",))
+#: Three-line modules kept so ``python -m common.demo`` (and the other two) stay short; they forward to a command.
+FORWARDERS = {"common.demo", "common.image_cache", "common.synthetic"}
+#: Paths that must import without torch: the ONNX predictor path and the torch-free image reading.
+TORCH_FREE = ("common.inference.predictor", "common.inference.onnx", "common.data.images")
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Names of the ``common`` modules a source file imports (relative or absolute)."""
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules(root: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    return {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+
+
+def imports_of(path: Path, name: str, known: set[str], top_level_only: bool = False) -> set[str]:
+    """The ``common`` modules (dotted names) a source file imports, relative or absolute, anywhere in the file.
+
+    ``from common.x import y`` counts as ``common.x.y`` when that is a module, else ``common.x``.
+    """
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # from .x import y / from . import x
-                found |= {base.split(".")[0]} if base else {alias.name for alias in node.names}
-            elif base.startswith("common"):
-                parts = base.split(".")
-                found |= {parts[-1]} if len(parts) > 1 else {alias.name for alias in node.names}
-                if base == "common.commands":
-                    found |= {alias.name for alias in node.names}
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if not module.startswith("common"):
+                continue
+            for alias in node.names:
+                child = f"{module}.{alias.name}"
+                found.add(child if child in known else module)
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[-1] for alias in node.names
-                      if alias.name.startswith("common.") and alias.name.count(".") >= 1}
+            found |= {alias.name for alias in node.names if alias.name.startswith("common")}
+    return {module for module in found if module != "common"}
+
+
+def folder_of(module: str, modules: dict[str, Path]) -> str:
+    """The floor folder of a module: its first name below ``common``, or "" for the ground-floor modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and modules[module].parent.name != "common" else ""
+
+
+def floor_of(module: str, modules: dict[str, Path]) -> int:
+    folder = folder_of(module, modules)
+    for number, floor in enumerate(FLOORS):
+        if folder in floor:
+            return number
+    raise AssertionError(f"{module} is in no floor; add its folder to FLOORS")
+
+
+def upward_imports(modules: dict[str, Path]) -> list[str]:
+    wrong = []
+    for name, path in modules.items():
+        if name in FORWARDERS:
+            continue
+        for imported in imports_of(path, name, set(modules)):
+            if imported in FORWARDERS:
+                wrong.append(f"{name} imports the forwarding module {imported}")
+            elif imported not in modules:
+                wrong.append(f"{name} imports {imported}, which does not exist")
+            elif floor_of(imported, modules) > floor_of(name, modules):
+                wrong.append(f"{name} (floor {folder_of(name, modules) or 'ground'}) imports {imported} from a floor "
+                             "above")
+            elif (floor_of(imported, modules) == floor_of(name, modules)
+                  and folder_of(imported, modules) != folder_of(name, modules)):
+                wrong.append(f"{name} imports {imported}: {folder_of(name, modules)} and "
+                             f"{folder_of(imported, modules)} share a floor")
+    return wrong
+
+
+def import_cycles(modules: dict[str, Path]) -> list[list[str]]:
+    """Cycles among the modules' top-level imports (the ones that run at import time)."""
+    graph = {name: imports_of(path, name, set(modules), top_level_only=True) & set(modules)
+             for name, path in modules.items()}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    return cycles
+
+
+def commands(modules: dict[str, Path]) -> set[str]:
+    """The command modules, found by place: public modules of ``common.commands``."""
+    return {name for name in modules if name.startswith("common.commands.")
+            and not name.rpartition(".")[2].startswith("_")}
+
+
+def command_imports(modules: dict[str, Path]) -> list[str]:
+    wrong = []
+    found = commands(modules)
+    for name, path in modules.items():
+        imported = imports_of(path, name, set(modules))
+        if not name.startswith("common.commands") and name not in FORWARDERS:
+            wrong += [f"{name} imports {m}" for m in imported if m.startswith("common.commands")]
+        elif name in found and name != "common.commands.demo":  # the demo drives the other commands
+            wrong += [f"command {name} imports command {m}" for m in imported & found]
+    return wrong
+
+
+def args_parameters(modules: dict[str, Path]) -> list[str]:
+    found = []
+    for name, path in modules.items():
+        if name.startswith("common.commands"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                every = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(a.arg == "args" for a in every):
+                    found.append(f"{name}.{node.name}")
     return found
 
 
-def test_the_four_commands_import_and_none_imports_another():
-    for name in COMMANDS:
-        __import__(f"common.commands.{name}")
-        others = imported_modules(PACKAGE / "commands" / f"{name}.py") & (set(COMMANDS) - {name})
-        assert not others, f"common/{name}.py imports {others}"
+def test_every_import_points_down_the_floors():
+    assert upward_imports(package_modules()) == []
 
 
-def test_the_import_reader_sees_relative_and_absolute_imports(tmp_path):
-    source = tmp_path / "probe.py"
-    source.write_text("from .distill import x\nfrom . import compare\nimport common.commands.train\n"
-                      "from common.commands.evaluate import y\nfrom common import engine\n")
-    assert imported_modules(source) == {"distill", "compare", "train", "evaluate", "engine"}
+def test_no_module_imports_itself_back_through_a_cycle():
+    assert import_cycles(package_modules()) == []
+
+
+def test_only_commands_import_commands_and_commands_are_siblings():
+    modules = package_modules()
+    assert {"common.commands.train", "common.commands.evaluate", "common.commands.distill", "common.commands.compare",
+            "common.commands.predict", "common.commands.para_test", "common.commands.demo"} <= commands(modules)
+    assert command_imports(modules) == []
+
+
+def test_settings_travel_as_dataclasses_not_as_args():
+    assert args_parameters(package_modules()) == []
+
+
+def test_the_rules_fail_on_a_broken_house(tmp_path):
+    """Each rule sees its own kind of break in a small copy of the floors."""
+    root = tmp_path / "common"
+    files = {
+        "__init__.py": "",
+        "errors.py": "",
+        "runtime/__init__.py": "",
+        "runtime/device.py": "from common.data.images import load\n",            # up a floor
+        "data/__init__.py": "",
+        "data/images.py": "from common.data.labels import x\n",                  # a cycle with labels
+        "data/labels.py": "from .images import load\n",
+        "explain/__init__.py": "",
+        "explain/gradcam.py": "def draw(args):\n    from common.engine.loop import fit\n",  # same floor; args
+        "engine/__init__.py": "",
+        "engine/loop.py": "",
+        "commands/__init__.py": "",
+        "commands/train.py": "from common.commands.evaluate import main\n",     # a command imports a command
+        "commands/evaluate.py": "",
+        "evaluation/__init__.py": "",
+        "evaluation/scoring.py": "from common.commands import _cli\n",          # below imports commands
+        "commands/_cli.py": "",
+    }
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    modules = package_modules(root)
+    up = upward_imports(modules)
+    assert any("common.runtime.device" in line and "floor above" in line for line in up)
+    assert any("common.explain.gradcam imports common.engine.loop" in line for line in up)
+    assert import_cycles(modules) == [["common.data.images", "common.data.labels", "common.data.images"]]
+    wrong = command_imports(modules)
+    assert "command common.commands.train imports command common.commands.evaluate" in wrong
+    assert "common.evaluation.scoring imports common.commands._cli" in wrong
+    assert args_parameters(modules) == ["common.explain.gradcam.draw"]
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_the_inference_path_and_every_folder_face_import_no_torch():
+    packages = [name for name, path in package_modules().items() if path.name == "__init__.py"]
+    code = ("import importlib, sys\n"
+            f"for name in {[*TORCH_FREE, *packages]!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    assert 'torch' not in sys.modules, f'importing {name} imported torch'\n"
+            "print('ok')\n")
+    done = _run(code)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def scripts() -> list[Path]:
+    return sorted(REPO.glob("[1-6]-*/*.py"))
+
+
+def test_every_script_prints_its_help_without_importing_torch():
+    """One process runs every script's ``--help`` in turn and names the first that pulled torch in."""
+    code = ("import runpy, sys, io, contextlib\n"
+            f"for path in {[str(p) for p in scripts()]!r}:\n"
+            "    sys.argv = [path, '--help']\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n"
+            "            runpy.run_path(path, run_name='__main__')\n"
+            "        except SystemExit as done:\n"
+            "            assert done.code in (0, None), (path, done.code)\n"
+            "    assert 'usage:' in out.getvalue(), path\n"
+            "    assert 'torch' not in sys.modules, f'{path} --help imported torch'\n"
+            "print('ok', len(sys.argv))\n")
+    done = _run(code)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    assert len(scripts()) == 24
+
+
+@pytest.mark.parametrize("module", ["common.demo", "common.image_cache", "common.synthetic"])
+def test_the_short_module_commands_still_answer(module):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0 and "usage:" in done.stdout
 
 
 class TinyNet(nn.Module):

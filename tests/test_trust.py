@@ -17,7 +17,6 @@ from common.data.splits import build_split
 from common.engine.distill import Teacher, cache_key
 from common.errors import UserError
 from common.evaluation.logits import predict_logits
-from common.evaluation.metrics import per_class_auroc
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]

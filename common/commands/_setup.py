@@ -6,6 +6,7 @@ initial weights, checkpoint paths, the state to resume); the caller then builds 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import torch
 
 from common.commands._flags import recorded_config, restore_resumed_flags
 from common.constants import CLASS_NAMES, NUM_CLASSES
-from common.data.split_data import SplitData
+from common.data.split_data import DataFlags, SplitData
 from common.engine.loop import OptimiserSettings, fit
 from common.errors import UserError
+from common.evaluation.scoring import ScoringSettings
 from common.models import ModelInfo, create_model, load_pretrained, model_info
 from common.runs.checkpoint import CheckpointPaths, load_checkpoint
 from common.runs.folder import OutputLock, prepare_output_dir, remove_stale_temporaries
@@ -25,10 +27,27 @@ from common.runtime.distributed import Distributed, is_main_process, processes_p
 from common.runtime.threads import apply_thread_choice
 
 
+def data_flags(args) -> DataFlags:
+    """The data flags of a command that reads a checkpoint's split (None: the checkpoint's recorded value)."""
+    return DataFlags(data_dir=args.data_dir, split=args.split, label_file=args.label_file,
+                     val_fraction=args.val_fraction, image_cache=getattr(args, "image_cache", None),
+                     workers=getattr(args, "workers", None), threads=getattr(args, "threads", None))
+
+
+def scoring_settings(args, **changes) -> ScoringSettings:
+    """The evaluation flags of ``test-model.py`` (and the comparison) as :class:`ScoringSettings`."""
+    settings = ScoringSettings(device=args.device, amp=not args.no_amp, tencrop=args.tencrop,
+                               batch_size=args.batch_size, n_boot=args.n_boot, subgroup_boot=args.subgroup_boot,
+                               demographics=args.demographics, data=data_flags(args))
+    return dataclasses.replace(settings, **changes)
+
+
 def training_data(args) -> SplitData:
     """The split and image index a training run reads (train and val parts), from ``--image-cache`` when given;
     chooses the threads and loader workers (``--threads``, ``--workers``)."""
-    apply_thread_choice(args, cached=bool(getattr(args, "image_cache", None)), processes=processes_per_node())
+    args.threads, args.workers = apply_thread_choice(getattr(args, "workers", None), getattr(args, "threads", None),
+                                                     cached=bool(getattr(args, "image_cache", None)),
+                                                     processes=processes_per_node())
     return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
                      parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None))
 

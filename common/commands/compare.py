@@ -9,7 +9,6 @@ model's published predictions as a row scored on the same test images.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -19,20 +18,8 @@ from common.atomic import write_text_atomic
 from common.commands._cli import ArgumentParser
 from common.commands._flags import add_evaluation_arguments, add_localization_arguments, make_paths_absolute
 from common.constants import CLASS_NAMES, STUDENT_MODEL
-from common.data.fingerprint import data_identity
 from common.data.images import index_images
-from common.data.split_data import split_data_for
 from common.errors import UserError
-from common.evaluation.metrics import patient_bootstrap_auroc_diff
-from common.evaluation.plots import plot_before_after
-from common.evaluation.scoring import demographics_for, evaluate_checkpoint, print_result, score_predictions_file
-from common.evaluation.seed_spread import seed_run_files, seed_spread
-from common.explain.localization import read_boxes
-from common.explain.report import json_ready, localization_report, localization_text, mean_localization_accuracy
-from common.models import model_folders, model_info
-from common.models.profile import count_parameters, macs
-from common.runs.checkpoint import load_checkpoint
-from common.runs.layout import folder_model_path, output_dir_for, teachers_root
 
 
 def get_args_parser() -> ArgumentParser:
@@ -72,6 +59,8 @@ def baseline_entries(flags) -> list[dict]:
 
 def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
     """Every model of the comparison, present or not: teachers 1..5, students d1..d5, the ensemble student."""
+    from common.models import model_folders, model_info
+    from common.runs.layout import folder_model_path
     entries = []
     student = model_info(STUDENT_MODEL)
     for index, (_, model_name) in model_folders().items():
@@ -87,6 +76,7 @@ def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
 
 def baseline_key() -> str:
     """The undistilled student's own model (``model1``: EEEA-Net-C2 trained by its numbered folder)."""
+    from common.models import model_info
     return f"model{model_info(STUDENT_MODEL).folder_index}"
 
 
@@ -96,6 +86,13 @@ def _fmt(value, digits=4):
 
 def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     """Evaluate every present model on the same test split and write the comparison files."""
+    from common.commands._setup import scoring_settings
+    from common.data.split_data import split_data_for
+    from common.evaluation.scoring import demographics_for, evaluate_checkpoint, print_result, score_predictions_file
+    from common.explain.localization import read_boxes
+    from common.explain.report import json_ready, localization_report, localization_text
+    from common.models.profile import count_parameters, macs
+    from common.runs.checkpoint import load_checkpoint
     entries = model_entries(teachers_root, output_dir)
     externals = baseline_entries(args.baseline)
     present = [e for e in entries if e["path"].is_file()]
@@ -105,7 +102,8 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     configs = {entry["key"]: load_checkpoint(entry["path"])["config"] for entry in present}
     reference = configs[present[0]["key"]]
     parts = ("test", "val") if args.tencrop else ("test",)
-    data = split_data_for(reference, args, parts=parts)
+    settings = scoring_settings(args)
+    data = split_data_for(reference, settings.data, parts=parts)
     check_same_pixels(present, configs, data, args, parts)
     # One read of the Data_Entry file and the box list for every model: the same images, the same subgroups.
     demographics, note = demographics_for(data.split, args.demographics)
@@ -116,7 +114,8 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
             print(f"== {entry['key']}: missing ({entry['path']}) ==")
             continue
         print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
-        result = evaluate_checkpoint(entry["path"], None, data, args, demographics=demographics, reuse=True)
+        result = evaluate_checkpoint(entry["path"], None, data, settings, demographics=demographics,
+                                     reuse=True)
         if note:
             result.report["subgroups"] = {"note": note}
         print_result(result)
@@ -131,7 +130,7 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         results[entry["key"]] = result
     for entry in externals:
         print(f"== {entry['label']} (predictions file): {entry['path']} ==")
-        result = score_predictions_file(entry["path"], data.split, args, name=entry["label"],
+        result = score_predictions_file(entry["path"], data.split, settings, name=entry["label"],
                                         demographics=demographics)
         if note:
             result.report["subgroups"] = {"note": note}
@@ -157,8 +156,10 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
 def seed_run_spread(args, data, results: dict) -> list[dict]:
     """Every model of every ``--seed-runs`` folder scored on the same test images (mean AUROC only), with this
     comparison's own models as one more run; returns :func:`common.evaluation.seed_spread.seed_spread` rows."""
-    quick = copy.copy(args)
-    quick.n_boot, quick.subgroup_boot = 1, 1  # only the mean AUROC of each run is used
+    from common.commands._setup import scoring_settings
+    from common.evaluation.scoring import evaluate_checkpoint
+    from common.evaluation.seed_spread import seed_run_files, seed_spread
+    quick = scoring_settings(args, n_boot=1, subgroup_boot=1)  # only the mean AUROC of each run is used
     runs = [{key: result.report["mean_auroc"] for key, result in results.items() if key.startswith("model")}]
     for root in args.seed_runs:
         run = {}
@@ -177,6 +178,7 @@ def check_same_pixels(present: list[dict], configs: dict, data, args, parts) -> 
     keeps the bootstrap paired, so a model trained on images whose files differ (another copy, a resized set)
     is refused with what differs instead of being scored silently on pixels it never saw.
     """
+    from common.data.fingerprint import data_identity
     if args.data_dir:
         return  # the user chose one folder for every model; every row records it
     names = [name for part in parts for name in data.split.parts[part].names]
@@ -222,6 +224,7 @@ def _view_auroc(report: dict, view: str):
 
 
 def _row(entry: dict, result) -> dict:
+    from common.explain.report import mean_localization_accuracy
     row = {"model": entry["key"], "role": entry["role"], "teacher": entry["teacher"], "label": entry["label"],
            "file": str(entry["path"]), "status": "ok" if result else "missing"}
     if result:
@@ -244,6 +247,7 @@ def _row(entry: dict, result) -> dict:
 
 def _bootstrap(entries, results, n_boot: int) -> list[dict]:
     """Each distilled student against the undistilled EEEA-Net-C2 (model1): paired patient-level bootstrap."""
+    from common.evaluation.metrics import patient_bootstrap_auroc_diff
     baseline_name = baseline_key()
     baseline = results.get(baseline_name)
     rows = []
@@ -275,6 +279,7 @@ def _pair_cell(teacher: dict | None, student: dict, key: str, digits: int = 3) -
 
 def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
     """Markdown: each teacher and its student on the AUROC by view, calibration and (when scored) localisation."""
+    from common.models import model_folders
     columns = [("auroc_PA", "AUROC PA"), ("auroc_AP", "AUROC AP"), ("mean_ece", "mean ECE"),
                ("mean_brier", "mean Brier")]
     if with_localization:
@@ -311,6 +316,8 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labels, crop, spread=()) -> list[Path]:
+    from common.evaluation.plots import plot_before_after
+    from common.models import model_folders
     by_key = {row["model"]: row for row in rows}
     lines = ["# Before / after distillation into EEEA-Net-C2", "",
              f"Test part of {split_text}. Evaluation: {crop}. Metrics from scikit-learn; "
@@ -404,6 +411,8 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
 def main(argv=None, *, folder: Path | None = None) -> int:
     """``python test-model.py`` of folder 6 (``folder``: the script's folder): the before/after comparison."""
     args = get_args_parser().parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.runs.layout import output_dir_for, teachers_root
     make_paths_absolute(args)
     output_dir = output_dir_for(args.output_dir, folder)
     compare(args, teachers_root(args.teachers_root, output_dir), output_dir)

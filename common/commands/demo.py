@@ -13,16 +13,10 @@ import json
 import time
 from pathlib import Path
 
-from common.commands import compare, distill, evaluate, train
 from common.commands._cli import ArgumentParser, non_negative_int, positive_int, run_main
 from common.constants import DISTILL_FOLDER
-from common.data.cache_build import build_image_cache
 from common.data.images import eval_resize
 from common.data.labels import read_labelled_list
-from common.data.splits import build_split
-from common.data.synthetic import BBOX_NAME, generate_synthetic_cxr8
-from common.explain.localization import read_bbox_list
-from common.models import model_folders
 
 # Grad-CAM sheet of each test: the CAM_K most probable test images per class.
 CAM_K = 2
@@ -70,6 +64,8 @@ def _train_flags(args, epochs: int, seed: int | None = None) -> list[str]:
 def _seed_runs(args, data_dir: Path, cache_dir: Path, root: Path) -> list[str]:
     """More training runs of the baseline and the single-teacher students, one folder per extra seed; returns the
     folders for the comparison's --seed-runs. Each uses the same split (carved with --seed) and the same teachers."""
+    from common.commands import distill, train
+    from common.models import model_folders
     runs = []
     baseline_index = min(model_folders())
     for seed in range(args.seed + 1, args.seed + args.seeds):
@@ -88,6 +84,13 @@ def _seed_runs(args, data_dir: Path, cache_dir: Path, root: Path) -> list[str]:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.commands import compare, distill, evaluate, train
+    from common.data.cache_build import build_image_cache
+    from common.data.splits import build_split
+    from common.data.synthetic import BBOX_NAME, generate_synthetic_cxr8
+    from common.explain.localization import read_bbox_list
+    from common.models import model_folders
     start = time.perf_counter()
     root = Path(args.output_dir)
     data_dir = root / "data"

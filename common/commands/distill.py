@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.commands._cli import ArgumentParser, positive_float, unit_fraction
 from common.commands._flags import add_data_arguments, add_training_arguments, make_paths_absolute, parse_args
-from common.commands._setup import TrainingRun, setup_training, training_data
 from common.constants import STUDENT_MODEL
-from common.data.split_data import SplitData
-from common.engine.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, Teacher, build_or_load_cache
-from common.engine.losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
 from common.errors import UserError
-from common.models import model_folders
-from common.runs.checkpoint import load_checkpoint
-from common.runs.identity import check_unseen_patients, differences
-from common.runs.layout import folder_model_path, output_dir_for, teachers_root
+
+if TYPE_CHECKING:  # annotations only: the heavy modules are imported after the flags are parsed
+    from common.commands._setup import TrainingRun
+    from common.data.split_data import SplitData
+    from common.engine.distill import DistillationCriterion, Teacher
 
 
 def get_args_parser() -> ArgumentParser:
     """Training flags plus the teacher, loss and cache flags of the distillation folder."""
+    from common.models import model_folders
     parser = ArgumentParser(prog="train-model.py",
                             description="Distil a teacher (model1..5.pth) into EEEA-Net-C2 (modeldK.pth)")
     add_data_arguments(parser)
@@ -50,6 +49,8 @@ def get_args_parser() -> ArgumentParser:
 
 def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: Path) -> DistillationCriterion:
     """The distillation criterion of a student run: the KD loss and where its teacher logits come from."""
+    from common.engine.distill import CachedTeachers, DistillationCriterion, OnlineTeachers, build_or_load_cache
+    from common.engine.losses import MultiLabelKDLoss, auroc_teacher_weights, pos_weight_for
     weights = None
     if len(teachers) > 1 and args.ensemble_weights == "auroc":
         weights = auroc_teacher_weights([t.checkpoint["val_auroc"] for t in teachers]).to(run.device)
@@ -69,6 +70,10 @@ def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: 
 def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
            data: SplitData | None = None) -> dict:
     """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
+    from common.commands._setup import setup_training
+    from common.engine.distill import Teacher
+    from common.runs.checkpoint import load_checkpoint
+    from common.runs.identity import check_unseen_patients, differences
     args = copy.copy(args)  # a resumed student takes its own recorded flags; --teacher all runs several
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
     run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
@@ -110,6 +115,10 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
 def main(argv=None, *, folder: Path | None = None) -> int:
     """``python train-model.py --teacher 1..5|all|ensemble`` of folder 6 (``folder``: the script's folder)."""
     args = parse_args(get_args_parser(), argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.commands._setup import training_data
+    from common.models import model_folders
+    from common.runs.layout import folder_model_path, output_dir_for, teachers_root
     make_paths_absolute(args)
     if args.student_init and args.pretrained:
         raise UserError("--student-init and --pretrained both set the student's start; give one of them")

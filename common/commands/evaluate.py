@@ -6,24 +6,7 @@ from pathlib import Path
 
 from common.commands._cli import ArgumentParser, positive_int
 from common.commands._flags import add_evaluation_arguments, add_localization_arguments, make_paths_absolute
-from common.data.split_data import split_data_for
 from common.errors import UserError
-from common.evaluation.scoring import (
-    evaluate_checkpoint,
-    predictions_split,
-    print_result,
-    score_predictions_file,
-    write_results,
-)
-from common.explain.localization import read_boxes
-from common.explain.report import (
-    json_ready,
-    localization_report,
-    localization_text,
-    write_cam_report,
-    write_localization,
-)
-from common.runs.checkpoint import load_checkpoint
 
 
 def get_args_parser(prog: str = "test-model.py", description: str | None = None) -> ArgumentParser:
@@ -49,20 +32,34 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     """
     prefix = f"model{index}"
     args = get_args_parser(description=f"Test {prefix}.pth ({model}) on the test split").parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.commands._setup import scoring_settings
+    from common.data.split_data import split_data_for
+    from common.evaluation.scoring import evaluate_checkpoint, print_result, write_results
+    from common.explain.localization import read_boxes
+    from common.explain.report import (
+        json_ready,
+        localization_report,
+        localization_text,
+        write_cam_report,
+        write_localization,
+    )
+    from common.runs.checkpoint import load_checkpoint
     make_paths_absolute(args)
     if args.predictions:
         return _score_predictions(args)
     if args.checkpoint is None and folder is None:
         raise UserError("no checkpoint: pass --checkpoint")
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(folder) / f"{prefix}.pth"
+    settings = scoring_settings(args)
     boxes = read_boxes(args.bbox_file) if (args.localization or args.cam or args.bbox_file) else None
     print("=> loading checkpoint")
     data = None
     if args.cam or args.localization:
         # The maps are drawn on the images of the split the checkpoint is scored on: keep that split's image source.
         config = load_checkpoint(checkpoint)["config"]
-        data = split_data_for(config, args, parts=("test", "val") if args.tencrop else ("test",))
-    result = evaluate_checkpoint(checkpoint, model, data, args)
+        data = split_data_for(config, settings.data, parts=("test", "val") if args.tencrop else ("test",))
+    result = evaluate_checkpoint(checkpoint, model, data, settings)
     print("=> loaded checkpoint")
     print_result(result)
     extra = []
@@ -82,13 +79,16 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
 
 def _score_predictions(args) -> int:
     """``--predictions FILE.csv``: the checkpoint's report for another model's probabilities."""
+    from common.commands._setup import scoring_settings
+    from common.evaluation.scoring import predictions_split, print_result, score_predictions_file, write_results
     if args.checkpoint or args.cam or args.localization or args.tencrop:
         raise UserError("--predictions scores a file of probabilities; --checkpoint, --cam, --localization and "
                         "--tencrop need a checkpoint")
     path = Path(args.predictions)
     if not path.is_file():
         raise UserError(f"predictions file {path} does not exist")
-    result = score_predictions_file(path, predictions_split(args), args)
+    settings = scoring_settings(args)
+    result = score_predictions_file(path, predictions_split(settings.data), settings)
     print_result(result)
     paths = write_results(result)
     print("results written: " + ", ".join(str(p) for p in paths.values()))

@@ -6,10 +6,7 @@ import sys
 import time
 
 from common.commands._cli import ArgumentParser, positive_int, run_main
-from common.data.cache_build import build_image_cache
-from common.data.image_cache import DEFAULT_SIZE, SIZES
 from common.data.images import index_images
-from common.data.splits import build_split
 from common.errors import UserError
 
 
@@ -17,6 +14,7 @@ from common.errors import UserError
 # Command line
 # --------------------------------------------------------------------------------------------------------------------
 def get_args_parser() -> ArgumentParser:
+    from common.data.image_cache import DEFAULT_SIZE
     parser = ArgumentParser(prog="python -m common.image_cache",
                             description="Decode the CXR8 PNGs once into a memory-mapped uint8 image cache that "
                                         "training, evaluation, distillation and comparison read with --image-cache.")
@@ -38,6 +36,10 @@ def get_args_parser() -> ArgumentParser:
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.data.cache_build import build_image_cache
+    from common.data.image_cache import SIZES
+    from common.data.splits import build_split
     data_dir = args.data_dir or os.environ.get("CXR8_DATA_DIR")
     if not data_dir:
         raise UserError("no image folder: pass --data-dir (the folder holding the CXR8 PNGs) or set CXR8_DATA_DIR")

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Optional, Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from common.commands._cli import ArgumentParser, positive_int
 from common.constants import NUM_CLASSES
-from common.models import check_img_size, create_model, model_info
-from common.models.profile import count_parameters, macs, median_latency_ms, onnx_latency_ms, thop_total
-from common.runtime.device import resolve_device
+
+if TYPE_CHECKING:  # annotations only: torch is imported after the flags are parsed
+    import torch
+    from torch import nn
 
 _RULE = "-" * 90
 
@@ -35,6 +33,9 @@ def _print_parameter_table(model: nn.Module) -> int:
 
 def _latency_devices(requested: Optional[str]) -> list[torch.device]:
     """``--device`` given: that device (checked); not given: the CPU, and CUDA as well when there is one."""
+    import torch
+
+    from common.runtime.device import resolve_device
     if requested is None:
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [resolve_device(requested)]
@@ -50,7 +51,6 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     Random weights are used; nothing is downloaded. Run through :func:`common.commands._cli.run_main`, e.g.
     ``sys.exit(run_main(functools.partial(para_test_main, model_name="chexnet")))``.
     """
-    info = model_info(model_name)
     parser = ArgumentParser(
         prog=f"para-test ({model_name})",
         description=f"Parameters, thop total, MACs and latency of {model_name} (random weights, batch 1).")
@@ -62,6 +62,10 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
                         help="timed forward passes per device; the median is printed (default 20)")
     parser.add_argument("--quiet-thop", action="store_true", help="hide thop's [INFO] Register lines")
     args = parser.parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.models import check_img_size, create_model, model_info
+    from common.models.profile import count_parameters, macs, median_latency_ms, onnx_latency_ms, thop_total
+    info = model_info(model_name)
     check_img_size(model_name, args.img_size)
     devices = _latency_devices(args.device)
     size = args.img_size

@@ -5,7 +5,6 @@ import sys
 import time
 
 from common.commands._cli import ArgumentParser, positive_int, run_main
-from common.data.synthetic import generate_synthetic_cxr8
 
 
 def main(argv=None):
@@ -17,6 +16,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=positive_int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.data.synthetic import generate_synthetic_cxr8
     start = time.perf_counter()
     summary = generate_synthetic_cxr8(args.out_dir, num_patients=args.patients, image_size=args.image_size,
                                       seed=args.seed)

@@ -5,10 +5,6 @@ from pathlib import Path
 
 from common.commands._cli import ArgumentParser
 from common.commands._flags import add_data_arguments, add_training_arguments, make_paths_absolute, parse_args
-from common.commands._setup import setup_training
-from common.engine.loop import SupervisedCriterion
-from common.engine.losses import LabelLoss, pos_weight_for
-from common.runs.layout import output_dir_for
 
 
 def get_args_parser(prog: str = "train-model.py", description: str | None = None) -> ArgumentParser:
@@ -26,6 +22,11 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     """
     prefix = f"model{index}"
     args = parse_args(get_args_parser(description=f"Train {model} on ChestX-ray14; writes {prefix}.pth"), argv)
+    # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    from common.commands._setup import setup_training
+    from common.engine.loop import SupervisedCriterion
+    from common.engine.losses import LabelLoss, pos_weight_for
+    from common.runs.layout import output_dir_for
     make_paths_absolute(args)
     run = setup_training(args, model, prefix, output_dir_for(args.output_dir, folder), init_source=args.pretrained)
     if run.finished:

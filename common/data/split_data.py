@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,29 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(value).expanduser()
 
 
-def split_data_for(config: dict, args, parts) -> "SplitData":
-    """The split a checkpoint was trained on (its ``config``), with any data flag given in ``args`` taking over."""
-    label_file = args.label_file if args.label_file is not None else config.get("label_file")
-    val_fraction = args.val_fraction if args.val_fraction is not None else config.get("val_fraction", 0.1)
-    apply_thread_choice(args, cached=bool(getattr(args, "image_cache", None)), processes=processes_per_node())
-    return SplitData(args.data_dir or config.get("data_dir"), args.split or config["split"], label_file,
-                     val_fraction, config.get("seed", 0), parts=parts, workers=args.workers,
-                     image_cache=getattr(args, "image_cache", None))
+@dataclass(frozen=True)
+class DataFlags:
+    """The data flags of a command that reads a checkpoint's split; None takes the checkpoint's recorded value
+    (``workers``/``threads``: None lets the thread rule choose)."""
+
+    data_dir: str | None = None
+    split: str | None = None
+    label_file: str | None = None
+    val_fraction: float | None = None
+    image_cache: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+
+
+def split_data_for(config: dict, flags: DataFlags, parts) -> "SplitData":
+    """The split a checkpoint was trained on (its ``config``), with any data flag given in ``flags`` taking over;
+    chooses the threads and loader workers (:func:`~common.runtime.threads.apply_thread_choice`)."""
+    label_file = flags.label_file if flags.label_file is not None else config.get("label_file")
+    val_fraction = flags.val_fraction if flags.val_fraction is not None else config.get("val_fraction", 0.1)
+    _, workers = apply_thread_choice(flags.workers, flags.threads, cached=bool(flags.image_cache),
+                                     processes=processes_per_node())
+    return SplitData(flags.data_dir or config.get("data_dir"), flags.split or config["split"], label_file,
+                     val_fraction, config.get("seed", 0), parts=parts, workers=workers, image_cache=flags.image_cache)
 
 
 class SplitData:

@@ -8,7 +8,7 @@ import csv
 import gzip
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from common.atomic import save_bytes_atomic, write_text_atomic
 from common.constants import CLASS_NAMES, NUM_CLASSES
 from common.data.fingerprint import file_sha256
 from common.data.labels import LABEL_VERSIONS
-from common.data.split_data import SplitData, split_data_for
+from common.data.split_data import DataFlags, SplitData, split_data_for
 from common.data.splits import Split, SplitPart, build_split
 from common.errors import UserError
 from common.evaluation.external import read_predictions_csv
@@ -61,12 +61,27 @@ class TestResult:
     logits: np.ndarray | None = None  # float32 logits of a checkpoint's evaluation (written for reuse)
 
 
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a checkpoint or a predictions file is scored (the evaluation flags of ``test-model.py``)."""
+
+    device: str = "auto"
+    amp: bool = True                 # bf16/fp16 body on CUDA (the head stays fp32); ignored on a CPU
+    tencrop: bool = False
+    batch_size: int = 32
+    n_boot: int = 1000               # patient-bootstrap resamples of the mean-AUROC interval
+    subgroup_boot: int = 200         # resamples of each subgroup's interval
+    demographics: str | None = None  # Data_Entry file with sex, age and view (default: the split's label file)
+    data: DataFlags = field(default_factory=DataFlags)
+
+
 THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patients of the training pool; on the "
                            "official split they transfer imperfectly to the test set, whose case mix differs "
                            "(56.6% AP views against 35% in train_val; docs/data.md §3).")
 
 
-def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None, args,
+def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None,
+                        settings: ScoringSettings,
                         part: str = "test", demographics: Demographics | None = None,
                         reuse: bool = False) -> TestResult:
     """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores.
@@ -83,23 +98,23 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         raise UserError(f"{checkpoint_path} has {checkpoint['num_classes']} classes, not the {NUM_CLASSES} of "
                         "ChestX-ray14")
     config = checkpoint["config"]
-    parts = (part, "val") if args.tencrop else (part,)
+    parts = (part, "val") if settings.tencrop else (part,)
     if data is None:
-        data = split_data_for(config, args, parts=parts)
+        data = split_data_for(config, settings.data, parts=parts)
     leakage = patient_check(checkpoint_path, checkpoint, data, parts)
-    device = resolve_device(args.device)
-    amp_dtype = amp_dtype_for(device, not args.no_amp)
+    device = resolve_device(settings.device)
+    amp_dtype = amp_dtype_for(device, settings.amp)
     model.to(device)
-    view = ("tencrop" if args.tencrop else "eval", checkpoint["img_size"], checkpoint["mean"], checkpoint["std"])
-    batch_size = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
+    view = ("tencrop" if settings.tencrop else "eval", checkpoint["img_size"], checkpoint["mean"], checkpoint["std"])
+    batch_size = max(1, settings.batch_size // 10) if settings.tencrop else settings.batch_size
     part_data = data.split.parts[part]
     identity = run_identity(split_identity(data.split, data.val_fraction, data.seed),
                             data.identity(part_data.names),
                             {"checkpoint": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path),
-                             "crop": "ten-crop" if args.tencrop else "centre crop",
+                             "crop": "ten-crop" if settings.tencrop else "centre crop",
                              "precision": precision_name(amp_dtype) + " body, fp32 head",
                              "trained": checkpoint.get("identity")})
-    logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not args.tencrop else None
+    logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not settings.tencrop else None
     if logits is None:
         loader, augment = data.batches(part, *view, batch_size)  # augment: the eval view on the device (image cache)
         logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}",
@@ -110,7 +125,7 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     probs = sigmoid(logits)
     thresholds = checkpoint.get("val_thresholds")
     threshold_view = "centre crop (chosen when the checkpoint was saved)"
-    if args.tencrop:
+    if settings.tencrop:
         # Thresholds must come from the view they are applied to: ten-crop probabilities are smoother.
         val_loader, val_augment = data.batches("val", *view, batch_size)
         val_logits, val_targets = predict_logits(model, val_loader, device, amp_dtype, augment=val_augment,
@@ -119,12 +134,12 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         threshold_view = "ten-crop (chosen now on the validation part)"
     report = evaluation_report(targets, probs, CLASS_NAMES,
                                val_thresholds=None if thresholds is None else np.asarray(thresholds))
-    n_boot = getattr(args, "n_boot", 1000)
+    n_boot = settings.n_boot
     interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids, n_boot=n_boot, seed=0)
     report.update({
         "checkpoint": str(checkpoint_path), "model_name": checkpoint["model_name"], "split": data.split.name,
         "split_description": data.split.describe(), "part": part, "label_file": data.split.labels,
-        "crop": "ten-crop" if args.tencrop else "centre crop", "img_size": checkpoint["img_size"],
+        "crop": "ten-crop" if settings.tencrop else "centre crop", "img_size": checkpoint["img_size"],
         "trained_epoch": checkpoint.get("epoch"), "val_mean_auroc": checkpoint.get("val_mean_auroc"),
         "git_commit": checkpoint.get("git_commit"),
         "mean_auroc_ci95": {"low": interval["ci_low"], "high": interval["ci_high"], "n_boot": interval["n_boot"],
@@ -133,11 +148,11 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
         "leakage_check": leakage, "identity": identity,
     })
     if demographics is None:
-        demographics, note = demographics_for(data.split, getattr(args, "demographics", None))
+        demographics, note = demographics_for(data.split, settings.demographics)
     else:
         note = None
     add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
-                                  getattr(args, "subgroup_boot", 200), note)
+                                  settings.subgroup_boot, note)
     meta = {"model_name": checkpoint["model_name"], "img_size": checkpoint["img_size"], "mean": checkpoint["mean"],
             "std": checkpoint["std"]}
     return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
@@ -248,13 +263,13 @@ def format_subgroup_lines(report: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # External predictions
 # --------------------------------------------------------------------------------------------------------------------
-def predictions_split(args) -> Split:
+def predictions_split(flags: DataFlags) -> Split:
     """The split a predictions file is scored on: ``--split`` (default official) and ``--label-file``."""
-    return build_split(args.split or "official", args.label_file,
-                       args.val_fraction if args.val_fraction is not None else 0.1, 0)
+    return build_split(flags.split or "official", flags.label_file,
+                       flags.val_fraction if flags.val_fraction is not None else 0.1, 0)
 
 
-def score_predictions_file(path: Path, split: Split, args, part: str = "test", name: str | None = None,
+def score_predictions_file(path: Path, split: Split, settings: ScoringSettings, part: str = "test", name: str | None = None,
                            demographics: Demographics | None = None) -> TestResult:
     """Score a CSV of per-image probabilities (``Image Index,prob_<Class>,...``) on ``part`` of ``split``, with the
     report a checkpoint gets (per-class metrics at 0.5, the patient-level interval, subgroups, calibration).
@@ -268,7 +283,7 @@ def score_predictions_file(path: Path, split: Split, args, part: str = "test", n
     targets = part_data.labels.astype(np.float32)
     report = evaluation_report(targets, probs, CLASS_NAMES)
     interval = patient_bootstrap_auroc_ci(targets, probs, part_data.patient_ids,
-                                          n_boot=getattr(args, "n_boot", 1000), seed=0)
+                                          n_boot=settings.n_boot, seed=0)
     label = name or path.stem
     report.update({
         "source": str(path), "source_sha256": file_sha256(path), "model_name": label, "split": split.name,
@@ -280,11 +295,11 @@ def score_predictions_file(path: Path, split: Split, args, part: str = "test", n
         "threshold_note": "", "identity": {"predictions": {"file": str(path), "sha256": file_sha256(path)}},
     })
     if demographics is None:
-        demographics, note = demographics_for(split, getattr(args, "demographics", None))
+        demographics, note = demographics_for(split, settings.demographics)
     else:
         note = None
     add_subgroups_and_calibration(report, targets, probs, part_data.names, part_data.patient_ids, demographics,
-                                  getattr(args, "subgroup_boot", 200), note)
+                                  settings.subgroup_boot, note)
     return TestResult(path, label, report, probs, targets, list(part_data.names), part_data.patient_ids)
 
 

@@ -9,23 +9,29 @@
 - :func:`load_pretrained` loads any published checkpoint layout (darmo, OFA, torchvision, arnoweng CheXNet,
   danczs Visformer, Cream AutoFormerV2, timm, the original repository's fine-tunes and this project's own
   checkpoints) strictly, after explicit key conversion.
+- :mod:`common.models.profile`: parameter, MAC and latency measurements.
 
 All models return logits and share ``forward_features``, ``forward_head(x, pre_logits=False)``,
 ``reset_classifier(num_classes)``, ``num_features`` and ``default_cfg``.
-"""
-from common.models.factory import create_model
-from common.models.pretrained import load_pretrained
-from common.models.registry import (
-                                    ModelInfo,
-                                    build_model,
-                                    check_img_size,
-                                    list_models,
-                                    model_folders,
-                                    model_for_folder,
-                                    model_info,
-                                    register_model,
-                                    unregister_model,
-)
 
-__all__ = ["ModelInfo", "build_model", "check_img_size", "create_model", "list_models", "load_pretrained",
-           "model_folders", "model_for_folder", "model_info", "register_model", "unregister_model"]
+The names are resolved on first use (PEP 562), so importing the package does not import torch and timm.
+"""
+import importlib
+
+_HOMES = {"create_model": "factory", "load_pretrained": "pretrained", **{name: "registry" for name in (
+    "ModelInfo", "build_model", "check_img_size", "list_models", "model_folders", "model_for_folder", "model_info",
+    "register_model", "unregister_model")}}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -10,15 +10,17 @@ and AutoFormerV2-base (S3-B) come from timm, which holds numerically identical v
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional
-
-import timm
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Optional
 
 from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from common.errors import UserError
-from common.models import converters, ofa_mobilenetv3
+
+if TYPE_CHECKING:  # annotations only: the registry's facts are read without importing torch (fast --help)
+    from torch import nn
+
+    from common.models import converters
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,29 @@ class _Entry:
     build: Callable[[int, int], nn.Module]  # (num_classes, img_size) -> model with random weights
 
 
-def _build_ofa(config: ofa_mobilenetv3.OFASubnetConfig) -> Callable[[int, int], nn.Module]:
-    # Convolutions and global pooling only: the built network does not depend on the input size.
-    return lambda num_classes, img_size: ofa_mobilenetv3.MobileNetV3(config, num_classes)
+def _build_ofa(config_name: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, img_size: int) -> nn.Module:
+        from common.models import ofa_mobilenetv3
+        # Convolutions and global pooling only: the built network does not depend on the input size.
+        return ofa_mobilenetv3.MobileNetV3(getattr(ofa_mobilenetv3, config_name), num_classes)
+    return build
 
 
 def _build_timm(timm_name: str, pass_img_size: bool) -> Callable[[int, int], nn.Module]:
     def build(num_classes: int, img_size: int) -> nn.Module:
+        import timm
         kwargs = {"img_size": img_size} if pass_img_size else {}
         # pretrained=False: timm must never download at build time (weights come from load_pretrained).
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
     return build
+
+
+def _converter(name: str) -> converters.Converter:
+    """A function of :mod:`common.models.converters`, imported when first called (it needs torch)."""
+    def convert(state_dict, model, notes):
+        return getattr(importlib.import_module("common.models.converters"), name)(state_dict, model, notes)
+    convert.__name__ = convert.__qualname__ = name
+    return convert
 
 
 def _info(**kwargs) -> ModelInfo:
@@ -107,23 +121,23 @@ def _info(**kwargs) -> ModelInfo:
 # needs >= 4.
 _REGISTRY: dict[str, _Entry] = {
     "eeea_c2": _Entry(_info(
-        name="eeea_c2", display_name="EEEA-Net-C2", folder_index=1, converter=converters.convert_ofa,
+        name="eeea_c2", display_name="EEEA-Net-C2", folder_index=1, converter=_converter("convert_ofa"),
         prints_comma_total=True, display_class_name="MobileNetV3", native_size=192,
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt",
         original_count_classes=14, num_features=1280, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
         cam_layer=lambda model: model.final_expand_layer,
-    ), _build_ofa(ofa_mobilenetv3.EEEA_C2_CONFIG)),
+    ), _build_ofa("EEEA_C2_CONFIG")),
     "ofa595": _Entry(_info(
-        name="ofa595", display_name="OFA-595", folder_index=2, converter=converters.convert_ofa,
+        name="ofa595", display_name="OFA-595", folder_index=2, converter=_converter("convert_ofa"),
         display_class_name="MobileNetV3", native_size=236,
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt",
         original_count_classes=14, num_features=1536, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
         cam_layer=lambda model: model.final_expand_layer,
-    ), _build_ofa(ofa_mobilenetv3.OFA595_CONFIG)),
+    ), _build_ofa("OFA595_CONFIG")),
     "chexnet": _Entry(_info(
-        name="chexnet", display_name="CheXNet", folder_index=3, converter=converters.convert_densenet,
+        name="chexnet", display_name="CheXNet", folder_index=3, converter=_converter("convert_densenet"),
         display_class_name="DenseNet121", native_size=224,
         imagenet_url="https://download.pytorch.org/models/densenet121-a639ec97.pth",
         original_count_classes=14, num_features=1024, head_prefix="classifier.",
@@ -132,7 +146,7 @@ _REGISTRY: dict[str, _Entry] = {
     ), _build_timm("densenet121", pass_img_size=False)),
     "visformer_small": _Entry(_info(
         name="visformer_small", display_name="Visformer-small", folder_index=4,
-        converter=converters.convert_visformer, display_class_name="Visformer", native_size=224,
+        converter=_converter("convert_visformer"), display_class_name="Visformer", native_size=224,
         imagenet_url="https://github.com/danczs/Visformer/releases/download/v1.0.0/visformer_small.pth",
         original_count_classes=1000, num_features=768, head_prefix="head.",
         min_img_size=32, img_size_multiple=2, fixed_input_size=True, timm_name="visformer_small",
@@ -140,7 +154,7 @@ _REGISTRY: dict[str, _Entry] = {
     ), _build_timm("visformer_small", pass_img_size=True)),
     "autoformerv2_base": _Entry(_info(
         name="autoformerv2_base", display_name="AutoFormerV2-base", folder_index=5,
-        converter=converters.convert_swin, display_class_name="SSSTransformer", native_size=224,
+        converter=_converter("convert_swin"), display_class_name="SSSTransformer", native_size=224,
         imagenet_url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
                      "s3_b-a1e95db4.pth",
         original_count_classes=1000, num_features=768, head_prefix="head.fc.",

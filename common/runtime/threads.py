@@ -60,9 +60,10 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
     return threads, workers
 
 
-def apply_thread_choice(args, cached: bool, processes: int = 1) -> tuple[int, int]:
-    """Choose threads and workers for a command from its ``--threads`` and ``--workers`` (None: choose), set
-    ``args.workers`` and ``args.threads`` to the choice and apply the threads with ``torch.set_num_threads``.
+def apply_thread_choice(workers: int | None, threads: int | None, cached: bool,
+                        processes: int = 1) -> tuple[int, int]:
+    """Choose threads and workers for a command from its ``--threads`` and ``--workers`` (None: choose), apply the
+    threads with ``torch.set_num_threads`` and return ``(threads, workers)``.
 
     ``cached``: the loader reads batches from the image cache (``kind="read"``), else it decodes PNGs.
     ``processes``: processes of the run on this machine (torchrun), which share its cores equally.
@@ -71,8 +72,6 @@ def apply_thread_choice(args, cached: bool, processes: int = 1) -> tuple[int, in
 
     cores = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                 // max(1, processes))
-    threads, workers = choose_threads_and_workers(getattr(args, "workers", None), getattr(args, "threads", None),
-                                                  cores=cores, kind="read" if cached else "decode")
+    threads, workers = choose_threads_and_workers(workers, threads, cores=cores, kind="read" if cached else "decode")
     torch.set_num_threads(threads)
-    args.workers, args.threads = workers, threads
     return threads, workers
