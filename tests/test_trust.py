@@ -82,7 +82,10 @@ def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(t
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
     argv = ["--checkpoint", str(checkpoint), "--split", str(leaky), "--workers", "0", "--n-boot", "20"]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
-    one_line_error(capsys, "was trained on", "patients of the test part", str(leaky))
+    images = len(train) // 2  # every test image is a training image; validation counted too (none here)
+    one_line_error(capsys, "was trained or selected on", "patients of the test part", str(leaky),
+                   f"({images} of its {images} images)", f"({images} images) in training, 0 patients (0 images) in "
+                   "validation", "as recorded in it")
     assert hashes(trained / "1-EEEA-Net-C2") == before
 
     # Same test patients, other train/val lists: disjoint from what the checkpoint saw, so it is allowed.
@@ -179,7 +182,7 @@ def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tm
     argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
             str(tmp_path / "6"), "--teacher", "1", "--teachers-root", str(trained)]
     assert run_main(distill.main, argv) == 2
-    one_line_error(capsys, "teacher", "was trained on", "patients of the test part")
+    one_line_error(capsys, "teacher", "was trained or selected on", "patients of the test part")
     argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
             str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(tmp_path / "none.pth")]
     assert run_main(distill.main, argv) == 2
@@ -243,12 +246,12 @@ def test_student_init_trained_on_test_patients_is_refused(trained, synthetic, tm
     argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
             str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(model1), "--student-init", str(model1)]
     assert run_main(distill.main, argv) == 2
-    # The teacher is checked first; both are model1, trained on the swapped split's test patients.
-    one_line_error(capsys, "was trained on", "test part")
+    # The student's start is checked first (before the teachers are loaded); both are model1.
+    one_line_error(capsys, "--student-init", "was trained or selected on", "test part")
     from common.runs.checkpoint import load_checkpoint
     from common.runs.identity import check_unseen_patients
     split = build_split(str(swapped))
-    with pytest.raises(UserError, match="--student-init .* was trained on .* patients of the test part"):
+    with pytest.raises(UserError, match="--student-init .* was trained or selected on .* patients of the test part"):
         check_unseen_patients(model1, load_checkpoint(model1),
                               {"test part": (split.parts["test"].patient_ids, ("train", "val"))}, "--student-init")
 
@@ -267,3 +270,130 @@ def test_comparison_refuses_a_model_trained_on_other_image_files(trained, synthe
         compare.check_same_pixels(present, configs, data, args, ("test",))
     configs["modeld1"]["data_dir"] = str(synthetic / "images")
     compare.check_same_pixels(present, configs, data, args, ("test",))
+
+
+# ---- the patients a checkpoint recorded (issue 15 §1) -------------------------------------------------------------
+
+def moved_training_patients(split_dir: Path, count: int) -> list[str]:
+    """Move the images of ``count`` training patients from ``train_list.txt`` into ``test_list.txt`` (an edit made
+    after training); returns the moved image names."""
+    lines = (split_dir / "train_list.txt").read_text().splitlines()
+    patients = sorted({line.split("_")[0] for line in lines})[:count]
+    moved = [line for line in lines if line.split("_")[0] in patients]
+    (split_dir / "train_list.txt").write_text("\n".join(line for line in lines if line not in moved) + "\n")
+    with (split_dir / "test_list.txt").open("a") as stream:
+        stream.write("\n".join(moved) + "\n")
+    return [line.split()[0] for line in moved]
+
+
+def test_checkpoint_records_its_patients_compactly(trained, synthetic):
+    state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
+    record = state["patients_seen"]
+    split = build_split(str(synthetic / "labels"))
+    assert record["train"].dtype == torch.int32 and record["val"].dtype == torch.int32
+    assert record["train"].tolist() == sorted(set(split.parts["train"].patient_ids.tolist()))
+    assert record["val"].tolist() == sorted(set(split.parts["val"].patient_ids.tolist()))
+    assert record["sources"] == [f"model1: trained on the train part and selected on the val part of split "
+                                 f"{synthetic / 'labels'}"]
+
+
+def test_list_files_edited_after_training_are_caught_by_the_record(trained, synthetic, tmp_path, capsys):
+    # Train on a folder of lists, then edit them: move 3 training patients into the test list. Simulated on a copy
+    # of model1 whose recorded split is that folder (the record is what model1 really trained on).
+    lists = tmp_path / "lists"
+    shutil.copytree(synthetic / "labels", lists)
+    state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
+    state["config"]["split"] = str(lists)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save(state, folder / "model1.pth")
+    moved = moved_training_patients(lists, 3)
+    patients = len({name.split("_")[0] for name in moved})
+    argv = ["--checkpoint", str(folder / "model1.pth"), "--workers", "0", "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2  # its own (edited) split: no shortcut
+    one_line_error(capsys, f"was trained or selected on {patients} of the", f"{patients} patients ({len(moved)} images) "
+                   "in training", "as recorded in it")
+    # A folder whose test part is exactly the moved images, its train/val parts disjoint from them.
+    exact = write_split(tmp_path / "exact", part_names(lists, "train"), part_names(lists, "val"), moved, lists)
+    assert run_main(evaluation.main, argv + ["--split", str(exact)], model="eeea_c2", index=1) == 2
+    one_line_error(capsys, f"{patients} of the {patients} patients of the test part", f"({len(moved)} of its "
+                   f"{len(moved)} images)")
+    assert sorted(p.name for p in folder.iterdir()) == ["model1.pth"]  # nothing written
+
+
+def test_refusal_counts_validation_patients_too(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    split = build_split(str(labels))
+    train, val, test = (split.parts[p] for p in ("train", "val", "test"))
+    first = int(train.patient_ids[0])
+    train_images = [n for n, p in zip(train.names, train.patient_ids) if p == first]
+    # Test part: one of model1's training patients and all of its validation patients; train and val parts: the
+    # original test patients, halved by patient.
+    cut = int(np.median(test.patient_ids))
+    mixed = write_split(tmp_path / "mixed", [n for n, p in zip(test.names, test.patient_ids) if p < cut],
+                        [n for n, p in zip(test.names, test.patient_ids) if p >= cut], train_images + val.names, labels)
+    val_patients = len(set(val.patient_ids.tolist()))
+    argv = ["--checkpoint", str(trained / "1-EEEA-Net-C2" / "model1.pth"), "--split", str(mixed), "--workers", "0",
+            "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, f"was trained or selected on {1 + val_patients} of the {1 + val_patients} patients",
+                   f"1 patients ({len(train_images)} images) in training",
+                   f"{val_patients} patients ({len(val)} images) in validation")
+
+
+def test_pretrained_project_checkpoint_is_checked_by_patients(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    swapped = write_split(tmp_path / "swapped", test, val, train, labels)  # test = model1's training patients
+    model1 = trained / "1-EEEA-Net-C2" / "model1.pth"
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
+            str(tmp_path / "out"), "--pretrained", str(model1)]
+    assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, "--pretrained", "was trained or selected on", "test part")
+    assert not (tmp_path / "out" / "model1.pth").exists()
+    # Folder 6: --pretrained as the student's start is checked as --student-init is.
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
+            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(model1), "--pretrained", str(model1)]
+    assert run_main(distill.main, argv) == 2
+    one_line_error(capsys, "--pretrained", "was trained or selected on", "test part")
+
+
+@pytest.mark.slow
+def test_the_record_travels_to_a_model_started_from_a_checkpoint(trained, synthetic, tmp_path, capsys):
+    labels = synthetic / "labels"
+    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    split = build_split(str(labels))
+    patients = split.parts["train"].patient_ids
+    cut = int(patients[len(patients) // 2])
+    first = [n for n, p in zip(train, patients) if p < cut]
+    second = [n for n, p in zip(train, patients) if p >= cut]
+    # B: half of model1's training patients, its validation and test parts: model1 is a fair start.
+    b_split = write_split(tmp_path / "b", first, val, test, labels)
+    out = tmp_path / "b-run"
+    argv = ["--data-dir", str(synthetic / "images"), "--split", str(b_split), *TINY, "--epochs", "1",
+            "--output-dir", str(out), "--pretrained", str(trained / "1-EEEA-Net-C2" / "model1.pth")]
+    assert run_main(training.main, argv, model="eeea_c2", index=1) == 0
+    capsys.readouterr()
+    record = torch.load(out / "model1.pth", map_location="cpu", weights_only=True)["patients_seen"]
+    assert set(record["train"].tolist()) == set(patients.tolist())  # its own half and model1's other half
+    assert any(source.startswith("--pretrained model1.pth: model1:") for source in record["sources"])
+    # C: tested on model1's other half, which this run never trained on but its start did.
+    c_split = write_split(tmp_path / "c", test, val, second, labels)
+    argv = ["--checkpoint", str(out / "model1.pth"), "--split", str(c_split), "--workers", "0", "--n-boot", "20"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
+    one_line_error(capsys, "was trained or selected on", f"({len(second)} of its {len(second)} images)",
+                   "--pretrained model1.pth")
+
+
+def test_a_checkpoint_without_a_record_falls_back_with_a_warning(trained, synthetic, tmp_path, capsys):
+    state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
+    del state["patients_seen"]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save(state, folder / "model1.pth")
+    argv = ["--checkpoint", str(folder / "model1.pth"), "--workers", "0", "--n-boot", "20", "--subgroup-boot", "5"]
+    assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
+    assert "records no patients (made by an older version)" in capsys.readouterr().out
+    report = json.loads((folder / "model1-test.json").read_text())
+    assert report["leakage_check"]["checked_against"].startswith("patients rebuilt from today's list files")
+    assert report["leakage_check"]["same_split"] is True and report["leakage_check"]["shared"] == 0

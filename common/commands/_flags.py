@@ -67,6 +67,10 @@ def add_training_arguments(parser: ArgumentParser) -> None:
     group.add_argument("--pretrained", default=None,
                        help="initial weights: a local checkpoint file in a published format, or 'imagenet' to "
                             "download the published ImageNet file (needs the network); default: random init")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="let --pretrained / --student-init unpickle a file that asks for classes other than "
+                            "tensors and the published formats' argparse.Namespace and numpy scalars: this RUNS CODE "
+                            "FROM THE FILE, so only for files you trust (default: such a file is refused)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     group.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too (default: bf16/fp16 AMP)")
     group.add_argument("--compile", action="store_true",

@@ -19,9 +19,20 @@ from common.engine.loop import OptimiserSettings, fit
 from common.errors import UserError
 from common.evaluation.scoring import ScoringSettings
 from common.models import ModelInfo, create_model, load_pretrained, model_info
+from common.models.pretrained import read_weights_file
 from common.runs.checkpoint import CheckpointPaths, load_checkpoint
 from common.runs.folder import OutputLock, prepare_output_dir, remove_stale_temporaries
-from common.runs.identity import differences, git_commit, run_identity, split_identity, weights_identity
+from common.runs.identity import (
+    SeenPatients,
+    check_unseen_patients,
+    differences,
+    git_commit,
+    patient_record,
+    run_identity,
+    seen_patients,
+    split_identity,
+    weights_identity,
+)
 from common.runtime.device import amp_dtype_for, precision_name, seed_everything
 from common.runtime.distributed import Distributed, is_main_process, processes_per_node, setup_distributed
 from common.runtime.threads import apply_thread_choice
@@ -99,6 +110,8 @@ class TrainingRun:
     channels_last: bool = field(default=False)
     identity: dict | None = None  # split, pixels and recipe (run_identity); distillation adds to its recipe
     distributed: Distributed = field(default_factory=Distributed)  # this process's place in a torchrun run
+    # The patients the run's starting point and teachers have seen: recorded in its checkpoints with its own.
+    inherited_patients: list[SeenPatients] = field(default_factory=list)
 
     def fit(self, criterion, args, extra_metadata: dict | None = None) -> dict:
         """Train with ``criterion`` and the schedule of ``args``; see :func:`common.engine.loop.fit`."""
@@ -119,6 +132,9 @@ class TrainingRun:
             "split": data.split.name, "split_description": data.split.describe(), "label_file": data.split.labels,
             "git_commit": git_commit(), "config": recorded_config(args), "prefix": self.paths.prefix,
             "identity": self.identity, **(extra_metadata or {}),
+            "patients_seen": patient_record(data.split, f"{self.paths.prefix}: trained on the train part and selected "
+                                                        f"on the val part of split {data.split.name}",
+                                            self.inherited_patients),
         }
         settings = OptimiserSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                      warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, seed=args.seed)
@@ -138,13 +154,13 @@ class TrainingRun:
 
 
 def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_source: str | None = None,
-                   data: SplitData | None = None) -> TrainingRun:
+                   data: SplitData | None = None, init_flag: str = "--pretrained") -> TrainingRun:
     """Device, data, model (with ``init_source`` weights unless resuming), paths and resume state of a run.
 
     Before any data is read, the output folder is checked writable and locked for this run (``<prefix>``), and
     temporaries a killed run left there are removed. ``data`` reuses an already indexed split (several runs on the
     same images). When the state to resume has finished every epoch already, the returned run has ``finished`` set
-    and nothing else to do.
+    and nothing else to do. ``init_flag`` names the flag that gave ``init_source`` in messages.
     """
     lock = None
     if is_main_process():  # under torchrun rank 0 owns the folder; the other processes write nothing there
@@ -152,7 +168,8 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
         lock = OutputLock(output_dir, prefix)
         lock.acquire()
     try:
-        run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None)
+        run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None,
+                            init_flag=init_flag)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -163,7 +180,8 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     return run
 
 
-def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool) -> TrainingRun:
+def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool,
+                  init_flag: str = "--pretrained") -> TrainingRun:
     if sweep:
         remove_stale_temporaries(output_dir, prefix)
     paths = CheckpointPaths.for_prefix(output_dir, prefix)
@@ -175,6 +193,9 @@ def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep
         finished = {"best": paths.best, "best_val_mean_auroc": resume_state["best_val_mean_auroc"]}
         return TrainingRun(model_name, info, paths, torch.device("cpu"), None, None, None, resume_state, finished)
 
+    # Read before the images are indexed: a refused or unreadable file stops the run at once.
+    start = (read_weights_file(init_source, model_name, trust=getattr(args, "trust_checkpoint", False))
+             if init_source and resume_state is None else None)
     seed_everything(args.seed)
     distributed, device = setup_distributed(args.device)
     amp_dtype = amp_dtype_for(device, not args.no_amp)
@@ -188,16 +209,40 @@ def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep
         check_same_run(resume_state, identity)
         # The initial weights were loaded by the run being continued: keep its record of them.
         identity["recipe"]["initial_weights"] = resume_state["identity"]["recipe"].get("initial_weights")
+    inherited = start_patients(data.split, resume_state, start, init_source, init_flag)
 
     model = create_model(model_name, num_classes=NUM_CLASSES, img_size=args.img_size)
     if init_source and resume_state is None:
-        load_pretrained(model, model_name, init_source)
+        load_pretrained(model, model_name, init_source, checkpoint=start)
     channels_last = device.type == "cuda"
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return TrainingRun(model_name, info, paths, device, amp_dtype, data, model, resume_state,
-                       channels_last=channels_last, identity=identity, distributed=distributed)
+                       channels_last=channels_last, identity=identity, distributed=distributed,
+                       inherited_patients=inherited)
+
+
+def selected_or_tested(split) -> dict:
+    """The parts of a run's split that a checkpoint it builds on must not have seen: the val part it selects on
+    (none of the checkpoint's training patients) and the test part it will be scored on (none of its training or
+    validation patients); see :func:`common.runs.identity.check_unseen_patients`."""
+    return {f"val part of split {split.name}": (split.parts["val"].patient_ids, ("train",)),
+            f"test part of split {split.name}": (split.parts["test"].patient_ids, ("train", "val"))}
+
+
+def start_patients(split, resume_state: dict | None, start, init_source, init_flag: str) -> list[SeenPatients]:
+    """The patients a run inherits, checked against ``split``: a resumed state's record, or that of the project
+    checkpoint the run starts from (``--pretrained`` / ``--student-init``). Published weights record none."""
+    if resume_state is not None:
+        seen = seen_patients(resume_state, resume_state["path"])
+        check_unseen_patients(resume_state["path"], resume_state, selected_or_tested(split), "--resume", seen=seen)
+        return [seen]
+    if isinstance(start, dict) and "model_name" in start and "model" in start:  # this project's checkpoint
+        seen = seen_patients(start, init_source, via=init_flag)
+        check_unseen_patients(init_source, start, selected_or_tested(split), init_flag, seen=seen)
+        return [seen]
+    return []
 
 
 def training_recipe(args, amp_dtype, init_source) -> dict:

@@ -70,26 +70,24 @@ def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: 
 def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
            data: SplitData | None = None) -> dict:
     """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
-    from common.commands._setup import setup_training
+    from common.commands._setup import selected_or_tested, setup_training
     from common.engine.distill import Teacher
-    from common.runs.checkpoint import load_checkpoint
-    from common.runs.identity import check_unseen_patients, differences
+    from common.runs.identity import check_unseen_patients, differences, seen_patients
     args = copy.copy(args)  # a resumed student takes its own recorded flags; --teacher all runs several
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
+    # The student's start is checked by patients there too, and its record travels into the student's.
     run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
-                         data=data)
+                         data=data, init_flag="--student-init" if args.student_init else "--pretrained")
     if run.finished:
         return run.finished
     try:
         teachers = [Teacher(p, i) for p, i in zip(paths, teacher_indices or [None] * len(paths))]
-        split = run.data.split
-        selected_or_tested = {f"val part of split {split.name}": (split.parts["val"].patient_ids, ("train",)),
-                              f"test part of split {split.name}": (split.parts["test"].patient_ids, ("train", "val"))}
         for teacher in teachers:
-            check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested, "teacher")
-        if args.student_init:
-            check_unseen_patients(args.student_init, load_checkpoint(args.student_init), selected_or_tested,
-                                  "--student-init")
+            # The student learns what the teacher learnt from its patients: they join the student's record.
+            seen = seen_patients(teacher.checkpoint, teacher.path, via="teacher")
+            check_unseen_patients(teacher.path, teacher.checkpoint, selected_or_tested(run.data.split), "teacher",
+                                  seen=seen)
+            run.inherited_patients.append(seen)
         distillation = {"teachers": [t.describe() for t in teachers], "alpha": args.alpha,
                         "temperature": args.temperature, "teacher_mode": args.teacher_mode,
                         "ensemble_weights": args.ensemble_weights if len(teachers) > 1 else None,

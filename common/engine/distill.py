@@ -19,6 +19,7 @@ from common.data.images import eval_resize
 from common.data.split_data import SplitData
 from common.engine.losses import MultiLabelKDLoss
 from common.errors import UserError
+from common.models.serialization import read_checkpoint_file
 from common.runs.checkpoint import load_model_from_checkpoint, save_atomic
 from common.runs.folder import remove_stale_temporaries
 from common.runtime.device import precision_name
@@ -120,7 +121,7 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
         distributed.barrier()
         key = cache_key(teacher, data, device, amp_dtype)
         path = cache_dir / _cache_name(teacher, key)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint_file(path, what="teacher cache")
         if state.get("key") != key or state["filled"] != key["n_images"]:
             raise UserError(f"teacher cache {path} written by rank 0 does not match this process's view of the data")
         return state["logits"]
@@ -140,7 +141,7 @@ def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, bat
     path = cache_dir / _cache_name(teacher, key)
     state = None
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint_file(path, what="teacher cache")
         if state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
             print(f"teacher cache {path} does not match this teacher/split/image files/precision; rebuilding it")
             state = None

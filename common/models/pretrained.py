@@ -10,7 +10,6 @@ checkpoint gave AUROC 0.5 to its users (docs/architectures.md §14.8).
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from common.errors import UserError
 from common.models.converters import ConversionError, StateDict, strip_prefix
 from common.models.registry import ModelInfo, model_info
+from common.models.serialization import TRUST_FLAG, read_checkpoint_file
 
 # Seconds to wait for a TCP connection to the weights' host before declaring the network unreachable.
 NETWORK_TIMEOUT_S = 5.0
@@ -32,7 +32,8 @@ NETWORK_TIMEOUT_S = 5.0
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.PathLike]) -> list[str]:
+def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.PathLike], *, trust: bool = False,
+                    checkpoint: Any = None) -> list[str]:
     """Load weights into ``model`` (a :func:`create_model` ``model_name`` network) and report what was done.
 
     Args:
@@ -52,6 +53,9 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
               timm's Swin ``checkpoint_filter_fn``);
             - timm's own files, with or without ``module.`` / ``_orig_mod.`` prefixes;
             - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``).
+        trust: unpickle a file that asks for classes outside the published formats' allow-list (runs code from the
+            file; ``--trust-checkpoint``). Without it such a file is refused naming the class.
+        checkpoint: what :func:`read_weights_file` already read from ``source`` (saves reading it twice).
 
     A checkpoint head with another class count, or no head, leaves the model's head as it is (reported); any
     other difference is an error. Swin relative-position tables of another window size are resized by timm's
@@ -66,7 +70,8 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
     info = model_info(model_name)
     notes: list[str] = []
     path = imagenet_checkpoint_path(model_name) if str(source) == "imagenet" else Path(source)
-    checkpoint = _read_checkpoint(path, notes)
+    if checkpoint is None:
+        checkpoint = read_weights_file(path, model_name, trust=trust)
     model_classes = _head_rows(model.state_dict(), info)
     state_dict = _extract_state_dict(checkpoint, path, model_name, model_classes, notes)
     state_dict = _strip_wrapper_prefixes(state_dict, notes)
@@ -110,30 +115,20 @@ def imagenet_checkpoint_path(model_name: str) -> Path:
     return destination
 
 
-def _read_checkpoint(path: Path, notes: list[str]) -> Any:
+def read_weights_file(source: Union[str, os.PathLike], model_name: str | None = None, trust: bool = False) -> Any:
+    """What :func:`load_pretrained` reads from ``source`` (``"imagenet"`` or a path), without running code from it.
+
+    Published formats that pickle the training flags or numpy scalars load with an allow-list of exactly those
+    classes (:func:`common.models.serialization.read_checkpoint_file`); anything else is refused naming the class,
+    unless ``trust`` (``--trust-checkpoint``). Read once by a caller that also needs the file's metadata (the
+    patients a project checkpoint recorded) and handed to :func:`load_pretrained` as ``checkpoint``.
+    """
+    path = imagenet_checkpoint_path(model_name) if str(source) == "imagenet" else Path(source)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise UserError(f"checkpoint is not a file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch raises this for files that pickle more than tensors and plain containers (an argparse.Namespace,
-        # numpy scalars in old training checkpoints); anything else is a damaged or foreign file.
-        if "Weights only load failed" not in str(err):
-            raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: "
-                        f"{(str(err).splitlines() or [''])[0]}") from None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError,
-            ModuleNotFoundError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: "
-                        f"{(str(err).splitlines() or [''])[0]}") from None
-    notes.append(f"{path} pickles objects besides tensors, so it was loaded with weights_only=False "
-                 "(only do this with files you trust)")
-    return checkpoint
+    return read_checkpoint_file(path, published_formats=True, trust=trust, override=TRUST_FLAG)
 
 
 def _extract_state_dict(checkpoint: Any, path: Path, model_name: str, model_classes: Union[int, None],

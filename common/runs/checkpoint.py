@@ -10,6 +10,7 @@ import torch
 from common.atomic import write_atomic
 from common.errors import UserError
 from common.models import create_model
+from common.models.serialization import read_checkpoint_file
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,15 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
+    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU; a file that asks to
+    unpickle anything besides tensors and plain values is refused without running it
+    (:func:`common.models.serialization.read_checkpoint_file`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not a checkpoint".
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights. Tensors
+    # and plain values only, with no opt-out: a DTforCXR8 checkpoint never holds anything else.
+    checkpoint = read_checkpoint_file(path, mmap=True)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:
         raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); "
                         "use --pretrained to start from a published weight file")

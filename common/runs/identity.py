@@ -11,14 +11,18 @@ Every checkpoint, teacher cache, test result and comparison row records an ident
 
 A reuse (resume, test, teacher, student start, comparison) compares what it needs and refuses a mismatch with the
 differences named, and checks by patients, never by split names, that no evaluated or selected-on patient was seen
-in training (:func:`check_unseen_patients`).
+in training or selection (:func:`check_unseen_patients`), against the patients the checkpoint recorded
+(:func:`patient_record`: its own and those of every checkpoint it started from or learned from).
 """
 from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 import common
 from common.data.fingerprint import file_sha256
@@ -62,6 +66,42 @@ def differences(recorded: dict, current: dict, keys, describe=lambda key: f"--{k
             for key in keys if recorded.get(key) != current.get(key)]
 
 
+#: The checkpoint entry that records the patients a model has seen (see :func:`patient_record`).
+PATIENTS_KEY = "patients_seen"
+
+#: What a record calls its roles, for messages.
+_ROLE_WORDS = {"train": "in training", "val": "in validation"}
+
+
+@dataclass(frozen=True)
+class SeenPatients:
+    """The patients a checkpoint has seen: ``train`` (its weights were fitted on them) and ``val`` (it was chosen on
+    them), its own and those of every checkpoint it started from or learned from; where they came from."""
+
+    train: frozenset
+    val: frozenset
+    sources: tuple = ()
+    recorded: bool = True  # False: rebuilt from today's split files (a checkpoint made before the record existed)
+
+
+def patient_record(split: Split, description: str, inherited=()) -> dict:
+    """The ``patients_seen`` entry of a checkpoint: sorted int32 tensors of the patient numbers of ``split``'s train
+    and val parts, united with every ``inherited`` :class:`SeenPatients` (the checkpoint a run started from, its
+    teachers), and a list saying where they came from. Tensors and strings only, so it loads with
+    ``weights_only=True``; 30,805 NIH patients are 120 kB.
+    """
+    import torch
+    train = set(split.parts["train"].patient_ids.tolist())
+    val = set(split.parts["val"].patient_ids.tolist())
+    sources = [description]
+    for seen in inherited:
+        train |= seen.train
+        val |= seen.val
+        sources += list(seen.sources)
+    return {"train": torch.tensor(sorted(train), dtype=torch.int32),
+            "val": torch.tensor(sorted(val), dtype=torch.int32), "sources": list(dict.fromkeys(sources))}
+
+
 @lru_cache(maxsize=8)
 def _split_patients(split: str, label_file, val_fraction: float, seed: int) -> dict[str, frozenset]:
     # One rebuild per distinct recorded split and process: a comparison checks eleven checkpoints of one split.
@@ -69,38 +109,66 @@ def _split_patients(split: str, label_file, val_fraction: float, seed: int) -> d
     return {part: frozenset(values.patient_ids.tolist()) for part, values in built.parts.items()}
 
 
-def seen_patients(checkpoint: dict, path) -> dict[str, frozenset]:
-    """The patients a checkpoint was trained on (``train``) and chosen on (``val``), rebuilt from its split."""
+def seen_patients(checkpoint: dict, path, via: str | None = None) -> SeenPatients:
+    """The patients a checkpoint was trained on (``train``) and chosen on (``val``), as it recorded them.
+
+    A checkpoint written before the record existed has its split rebuilt from today's list files, with a printed
+    warning: such a rebuild cannot see list files edited after training. ``via`` (``"teacher"``, ``"--pretrained"``)
+    prefixes the sources, for a record that passes them on.
+    """
+    prefix = f"{via} {Path(path).name}: " if via else ""
+    record = checkpoint.get(PATIENTS_KEY)
+    if record is not None:
+        return SeenPatients(frozenset(record["train"].tolist()), frozenset(record["val"].tolist()),
+                            tuple(prefix + source for source in record.get("sources", ())))
     config = checkpoint.get("config", {})
     if "split" not in config:
-        raise UserError(f"{path} records no split, so the patients it was trained on are unknown; "
-                        "it cannot be checked for leakage")
+        raise UserError(f"{path} records neither the patients it was trained on nor its split, so it cannot be "
+                        "checked for leakage")
+    print(f"warning: {path} records no patients (made by an older version); its training and validation patients "
+          f"are rebuilt from today's list files of split {config['split']}, which cannot tell if they were edited "
+          "since it was trained")
     try:
         parts = _split_patients(config["split"], config.get("label_file"), config.get("val_fraction", 0.1),
                                 config.get("seed", 0))
     except UserError as err:
         raise UserError(f"cannot rebuild the split {path} was trained on: {err}") from None
-    return {"train": parts["train"], "val": parts["val"]}
+    return SeenPatients(parts["train"], parts["val"], (f"{prefix}split {config['split']} rebuilt from its list files",),
+                        recorded=False)
 
 
-def check_unseen_patients(path, checkpoint: dict, evaluated: dict[str, tuple], role: str) -> dict:
+def check_unseen_patients(path, checkpoint: dict, evaluated: dict[str, tuple], role: str,
+                          seen: SeenPatients | None = None) -> dict:
     """Refuse when a patient the checkpoint was trained or selected on is in a part being evaluated or selected on.
 
-    ``evaluated`` maps a description (``"test part of split official"``) to ``(patient_ids, seen_parts)``:
-    which of the checkpoint's parts must not share patients with it. A test part must share none with the
-    checkpoint's training or validation part (``("train", "val")``); a part the student selects on (its validation
-    part) must share none with the teacher's training part (``("train",)``), while sharing the validation part of
-    one split is how teacher and student are meant to be chosen. Returns what was checked, for the record.
+    ``evaluated`` maps a description (``"test part of split official"``) to ``(patient_ids, seen_parts)``: the
+    part's per-image patient numbers and which of the checkpoint's roles must not share patients with it. A test
+    part must share none with the checkpoint's training or validation patients (``("train", "val")``); a part a run
+    selects on (its validation part) must share none with the training patients (``("train",)``), while sharing the
+    validation patients is how teacher and student are meant to be chosen on one split. The patients are those the
+    checkpoint recorded (:func:`seen_patients`; ``seen`` when already read), never today's list files. A refusal
+    counts the shared patients and their images in each role. Returns what was checked, for the record.
     """
-    seen = seen_patients(checkpoint, path)
+    seen = seen or seen_patients(checkpoint, path)
     for description, (patient_ids, seen_parts) in evaluated.items():
-        patients = set(int(p) for p in patient_ids)
-        for seen_part in seen_parts:
-            shared = patients & seen[seen_part]
-            if shared:
-                raise UserError(f"{role} {path} was {'trained' if seen_part == 'train' else 'selected'} on "
-                                f"{len(shared):,} of the {len(patients):,} patients of the {description} "
-                                f"(its split: {checkpoint['config']['split']}); use the split it was trained on")
-    config = checkpoint["config"]
-    return {"checkpoint_split": config["split"], "checkpoint_label_file": config.get("label_file"),
+        per_image = np.asarray(patient_ids, dtype=np.int64)
+        patients = set(per_image.tolist())
+        shared = {part: patients & getattr(seen, part) for part in seen_parts}
+        overlap = set().union(*shared.values())
+        if not overlap:
+            continue
+        counts = ", ".join(f"{len(shared[part]):,} patients ({_images_of(per_image, shared[part]):,} images) "
+                           f"{_ROLE_WORDS[part]}" for part in seen_parts)
+        verb = "trained or selected" if len(seen_parts) > 1 else "trained"
+        where = "as recorded in it" if seen.recorded else "rebuilt from today's list files, as it records none"
+        raise UserError(f"{role} {path} was {verb} on {len(overlap):,} of the {len(patients):,} patients of the "
+                        f"{description} ({_images_of(per_image, overlap):,} of its {per_image.size:,} images): "
+                        f"{counts}; {where}: {'; '.join(seen.sources)}; use a split whose patients it never saw")
+    return {"checked_against": "patients recorded in the checkpoint" if seen.recorded
+            else "patients rebuilt from today's list files (the checkpoint records none)",
+            "recorded_patients": {"train": len(seen.train), "val": len(seen.val)}, "sources": list(seen.sources),
             "patients_checked": {k: len(set(map(int, v[0]))) for k, v in evaluated.items()}, "shared": 0}
+
+
+def _images_of(per_image: np.ndarray, patients: set) -> int:
+    return int(np.isin(per_image, list(patients)).sum()) if patients else 0
