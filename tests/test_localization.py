@@ -83,12 +83,16 @@ def test_localization_scores_known_answers():
     assert scores["n_boxes"] == {"Mass": 3, "Nodule": 1} and scores["n_images"] == {"Mass": 2, "Nodule": 1}
     mass = scores["iobb"][0.1]["Mass"]
     assert (mass["hits"], mass["false_positives"]) == (2, 1)
-    assert mass["acc"] == pytest.approx(2 / 3) and mass["afp"] == pytest.approx(0.5)
+    # AFP over the 4 boxes scored (Wang et al.'s denominator); per image of the class it would be 1 / 2.
+    assert scores["afp_denominator"] == 4
+    assert mass["acc"] == pytest.approx(2 / 3) and mass["afp"] == pytest.approx(1 / 4)
+    assert mass["fp_per_class_image"] == pytest.approx(1 / 2)
     # T = 0.25: the 0.25 detection is not *greater* than T, so it becomes a false positive.
     mass = scores["iobb"][0.25]["Mass"]
     assert (mass["hits"], mass["false_positives"]) == (1, 2)
     assert scores["iou"][0.5]["Mass"]["acc"] == pytest.approx(1 / 3)
-    assert scores["iobb"][0.1]["Nodule"] == {"acc": 0.0, "afp": 0.0, "hits": 0, "false_positives": 0}
+    assert scores["iobb"][0.1]["Nodule"] == {"acc": 0.0, "afp": 0.0, "fp_per_class_image": 0.0, "hits": 0,
+                                             "false_positives": 0}
     with pytest.raises(ValueError, match="no predictions"):
         loc.localization_scores(gt, {("a.png", "Mass"): []})
     table = loc.format_localization_table(scores)
@@ -100,6 +104,25 @@ def test_wang_table_values():
     assert loc.WANG_2017_IOBB[0.1]["acc"]["Effusion"] == pytest.approx(122 / 153, abs=1e-4)
     assert loc.WANG_2017_IOBB[0.9]["acc"]["Nodule"] == 0 and loc.WANG_2017_IOBB[0.5]["afp"] is None
     assert loc.WANG_2017_IOBB[0.1]["afp"]["Cardiomegaly"] == 0.1768
+
+
+def test_afp_denominator_reproduces_wang_et_al_arithmetic():
+    # Their eight AFP values at T(IoBB) = 0.1 are whole counts over 984, the box list's size; no denominator from 50
+    # to 3,000 other than multiples of 984 fits all eight to their four printed digits.
+    published = list(loc.WANG_2017_IOBB[0.1]["afp"].values())
+    fits = [d for d in range(50, 3001) if all(abs(v * d - round(v * d)) <= d * 5e-5 for v in published)]
+    assert fits == [984, 1968, 2952]
+    assert [round(v * 984) for v in published] == [816, 174, 605, 484, 387, 461, 429, 447]
+    # Scoring the whole packaged list with one false detection per (image, class) pair: each class's AFP is its
+    # pair count over 984 (the old per-class-image AFP would be exactly 1.0 for every class).
+    rows = loc.read_bbox_list()
+    pairs = loc.group_boxes(rows)
+    scores = loc.localization_scores(rows, {key: [(0, 0, 1, 1)] for key in pairs}, iobb_thresholds=(0.1,),
+                                     iou_thresholds=())
+    assert scores["afp_denominator"] == len(rows) == 984
+    for name, entry in scores["iobb"][0.1].items():
+        assert entry["afp"] == pytest.approx(scores["n_images"][name] / 984)
+        assert entry["fp_per_class_image"] == 1.0
 
 
 def test_eval_view_mapping():

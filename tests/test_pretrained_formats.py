@@ -150,7 +150,7 @@ def test_torchvision_densenet_old_names(refs, tmp_path):
 def test_arnoweng_chexnet_tar_gives_a_ready_14_class_model(refs, tmp_path):
     ref = refs["chexnet"][14]
     # PyTorch <= 0.3 file: DataParallel + wrapper prefix, old names, Sequential(Linear, Sigmoid) head, no
-    # num_batches_tracked, and metadata that is not plain data (so weights_only=True refuses it).
+    # num_batches_tracked, and metadata that is not plain data (so weights_only=True alone refuses it).
     weights = {f"module.densenet121.{k}": v for k, v in _torchvision_old_densenet(ref.state_dict()).items()
                if not k.endswith("num_batches_tracked")}
     weights = _rename(weights, lambda k: k.replace("densenet121.classifier.", "densenet121.classifier.0."))
@@ -158,7 +158,8 @@ def test_arnoweng_chexnet_tar_gives_a_ready_14_class_model(refs, tmp_path):
                   "args": argparse.Namespace(lr=1e-3)}
     path = _save(tmp_path, checkpoint, "model.pth.tar")
     notes = _load_and_compare(ref, path, "chexnet")
-    assert any("weights_only=False" in note for note in notes)
+    # Read with weights_only=True and the published formats' allow-list (argparse.Namespace), never unpickled freely.
+    assert not any("weights_only=False" in note for note in notes)
     assert any("num_batches_tracked" in note for note in notes)
 
 

@@ -6,11 +6,13 @@ from sklearn.metrics import roc_auc_score
 from common.constants import CLASS_NAMES
 from common.errors import UserError
 from common.evaluation import subgroups
+from common.evaluation.scoring import format_subgroup_lines
 
 
 def test_age_bands():
-    assert [subgroups.age_band(a) for a in (0, 19, 20, 39, 40, 60, 79, 80, 95)] == \
-        ["0-20", "0-20", "20-40", "20-40", "40-60", "60-80", "60-80", "80+", "80+"]
+    assert [subgroups.age_band(a) for a in (0, 19, 19.9, 20, 39, 40, 60, 79, 80, 95, 120)] == \
+        ["0-20", "0-20", "0-20", "20-40", "20-40", "40-60", "60-80", "60-80", "80+", "80+", "80+"]
+    assert subgroups.age_band(120.5) == subgroups.age_band(414) == subgroups.AGE_LEFT_OUT
 
 
 def test_read_demographics_both_releases(tmp_path):
@@ -19,6 +21,14 @@ def test_read_demographics_both_releases(tmp_path):
         ("M", 57, "PA")
     old = subgroups.read_demographics("2017")
     assert old.age["00000001_000.png"] == 58  # "058Y" in the 2017 file
+    # Months and days (the 2017 file has 27 such ages): 020M is 1.67 years (v2020 says 1), not 20.
+    assert old.age["00019045_004.png"] == pytest.approx(20 / 12) and v2020.age["00019045_004.png"] == 1
+    assert subgroups.age_band(old.age["00019045_004.png"]) == "0-20"
+    assert old.age["00024680_000.png"] == pytest.approx(1 / 365.25)  # "001D"
+    # Ages above 120 (16 images, 148-414 "years") are left out of the bands.
+    too_old = [name for name, age in old.age.items() if age > subgroups.MAX_AGE]
+    assert len(too_old) == 16 and "00005567_000.png" in too_old and old.age["00005567_000.png"] == 412
+    assert max(v2020.age.values()) <= subgroups.MAX_AGE
     bad = tmp_path / "entry.csv"
     bad.write_text("Image Index,Finding Labels,Patient ID,Patient Age,Patient Gender,View Position\n"
                    "a.png,No Finding,1,old,M,PA\n")
@@ -66,7 +76,44 @@ def test_small_group_has_no_interval():
                                        _demographics(names, ["M", "M", "F"], [30, 30, 50], ["PA", "PA", "XX"]),
                                        n_boot=5)
     assert result["sex"]["M"]["mean_auroc"] is None and result["sex"]["M"]["n_patients"] == 1
-    assert result["view"]["other"] == {"n_images": 1}
+    assert result["sex"]["M"]["not_estimated"] == "fewer than 2 patients"
+    assert result["view"]["other"] == {"n_images": 1, "n_patients": 1}
+
+
+def test_subgroup_means_follow_the_stated_rule():
+    rng = np.random.default_rng(3)
+    n = 120
+    names = [f"{i:08d}_000.png" for i in range(n)]
+    patients = np.arange(n)
+    targets = (rng.uniform(size=(n, 14)) < 0.4).astype(int)
+    targets[:, 3] = 0
+    targets[:4, 3] = 1          # class 3: 4 positives in the whole set, so in no group
+    targets[:, 5] = 1
+    targets[:3, 5] = 0          # class 5: 3 negatives
+    probs = np.clip(0.3 * targets + 0.7 * rng.uniform(size=(n, 14)), 0, 1)
+    sexes = np.where(patients < 118, "M", "F")  # F: 2 images of 2 patients, which printed 1.000 [1.000, 1.000]
+    ages = np.where(patients < 110, 50.0, 150.0)  # 10 images recorded older than 120
+    targets[118:, 0], probs[118:, 0] = [0, 1], [0.1, 0.9]  # a perfect 2-image "AUROC" the rule must not print
+    views = np.full(n, "PA")
+    result = subgroups.subgroup_aurocs(targets, probs, names, patients, _demographics(names, sexes, ages, views),
+                                       n_boot=10)
+    male = result["sex"]["M"]
+    rows = sexes == "M"
+    kept = [c for c in range(14) if c not in (3, 5)]
+    assert male["n_classes"] == 12 and male["classes"] == [CLASS_NAMES[c] for c in kept]
+    assert male["auroc"]["Nodule"] is None and male["auroc"]["Infiltration"] is None  # classes 5 and 3
+    assert male["mean_auroc"] == pytest.approx(np.mean([roc_auc_score(targets[rows, c], probs[rows, c]) for c in kept]))
+    female = result["sex"]["F"]
+    assert female["mean_auroc"] is None and female["n_images"] == 2
+    assert female["not_estimated"] == "no class has 5 positive and 5 negative images"
+    assert result["age"][subgroups.AGE_LEFT_OUT] == {"n_images": 10, "n_patients": 10}
+    assert result["age"]["40-60"]["n_images"] == 110
+    lines = format_subgroup_lines({"subgroups": {"source": "entry.csv", "n_boot": 10, **result}})
+    assert any(line.split()[:2] == ["sex", "M"] and "118 images, 118 patients, 12 classes" in line for line in lines)
+    assert any(line.split()[:3] == ["sex", "F", "n/a"] and "2 images, 2 patients: no class has 5" in line
+               for line in lines)
+    assert any("left out: 10 images (10 patients) recorded older than 120 years" in line for line in lines)
+    assert "at least 5 positive and 5 negative images" in lines[0]
 
 
 def test_calibration_known_answers(tmp_path):

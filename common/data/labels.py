@@ -58,6 +58,24 @@ def patient_id_from_name(name: str) -> int:
     return int(match.group(1))
 
 
+# Units of the 2017 Data_Entry's ages ("058Y", "020M", "001D"): divisors to years. The v2020 release writes years.
+AGE_UNITS = {"Y": 1.0, "M": 12.0, "D": 365.25}
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([YMD]?)$")
+
+
+def ages_in_years(values, where: str) -> np.ndarray:
+    """Data_Entry ``Patient Age`` strings as float years: ``058Y`` -> 58, ``020M`` -> 1.67, ``001D`` -> 0.003, ``57``
+    -> 57. A value in no such form is a :class:`UserError` naming ``where`` and the line (header = line 1)."""
+    years = np.empty(len(values), dtype=np.float64)
+    for row, value in enumerate(values):
+        match = _AGE.match(str(value).strip().upper())
+        if match is None:
+            raise UserError(f"{where}, line {row + 2}: Patient Age {value!r} is not a number of years, months (M) "
+                            "or days (D)")
+        years[row] = float(match.group(1)) / AGE_UNITS[match.group(2) or "Y"]
+    return years
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Metadata (Data_Entry) and list files
 # --------------------------------------------------------------------------------------------------------------------

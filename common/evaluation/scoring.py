@@ -32,7 +32,9 @@ from common.evaluation.metrics import (
 from common.evaluation.plots import plot_roc_curves
 from common.evaluation.subgroups import (
     AGE_BANDS,
+    AGE_LEFT_OUT,
     SEXES,
+    SUBGROUP_RULE,
     VIEWS,
     Demographics,
     calibration,
@@ -234,24 +236,33 @@ def add_subgroups_and_calibration(report: dict, targets, probs, names, patient_i
 
 
 def format_subgroup_lines(report: dict) -> list[str]:
-    """Mean AUROC [95% interval] and image counts by sex, age band and view; then the mean ECE and Brier."""
+    """Mean AUROC [95% interval] of each sex, age band and view, with the images, patients and classes it covers
+    (n/a with the reason when too small: :data:`common.evaluation.subgroups.SUBGROUP_RULE`); then the mean ECE and
+    Brier."""
     subgroups = report.get("subgroups", {})
     lines = []
     if "note" in subgroups:
         lines.append(f"Subgroups: not computed ({subgroups['note']})")
     elif subgroups:
         lines.append(f"Mean AUROC by subgroup (95% interval: patients resampled, {subgroups['n_boot']} times; "
-                     f"from {Path(subgroups['source']).name}):")
+                     f"from {Path(subgroups['source']).name}; {subgroups.get('rule', SUBGROUP_RULE)}):")
         for grouping, groups in (("sex", SEXES), ("age", AGE_BANDS), ("view", VIEWS)):
-            cells = []
             for group in groups:
                 entry = subgroups[grouping][group]
-                value = entry["mean_auroc"]
+                counts = f"{entry['n_images']:,} images, {entry['n_patients']:,} patients"
+                if entry["mean_auroc"] is None:
+                    reason = entry.get("not_estimated", "undefined")
+                    lines.append(f"  {grouping:<5} {group:<6} {'n/a':<21} {counts}: {reason}")
+                    continue
                 interval = (f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None
                             else "")
-                cells.append(f"{group} {'n/a' if value is None else format(value, '.3f')}{interval} "
-                             f"(n={entry['n_images']})")
-            lines.append(f"  {grouping:<5} " + "; ".join(cells))
+                value = f"{entry['mean_auroc']:.3f}{interval}"
+                lines.append(f"  {grouping:<5} {group:<6} {value:<21} {counts}, {entry['n_classes']} classes")
+            for rest, why in (("other", f"with another {grouping}"), (AGE_LEFT_OUT, "recorded older than 120 years")):
+                if rest in subgroups[grouping]:
+                    left = subgroups[grouping][rest]
+                    lines.append(f"  {grouping:<5} left out: {left['n_images']:,} images ({left['n_patients']:,} "
+                                 f"patients) {why}")
     cal = report.get("calibration")
     if cal:
         worst = max(cal["per_class"], key=lambda c: cal["per_class"][c]["ece"])

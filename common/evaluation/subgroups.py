@@ -15,26 +15,29 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import brier_score_loss
 
 from common.constants import CLASS_NAMES
-from common.data.labels import read_data_entry_table
+from common.data.labels import ages_in_years, read_data_entry_table
 from common.errors import UserError
 from common.evaluation.metrics import patient_bootstrap_auroc_ci
 
-# Lower edges of the age bands; the last band is open.
+# Lower edges of the age bands; the last band is open up to MAX_AGE.
 AGE_EDGES = (0, 20, 40, 60, 80)
 AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
+# Recorded ages above this are data errors (the 2017 Data_Entry has 16 images aged 148-414): left out of every band.
+MAX_AGE = 120
+AGE_LEFT_OUT = "age above 120"
 VIEWS = ("PA", "AP")
 SEXES = ("M", "F")
 
 
 @dataclass(frozen=True)
 class Demographics:
-    """Per-image sex (``M``/``F``), age in years and view position (``PA``/``AP``) by image name."""
+    """Per-image sex (``M``/``F``), age in years (float: months and days converted) and view position (``PA``/``AP``)
+    by image name."""
 
     source: str
     sex: dict
@@ -44,41 +47,65 @@ class Demographics:
 
 def read_demographics(label_file: str | os.PathLike = "v2020") -> Demographics:
     """Read ``Patient Gender``, ``Patient Age`` and ``View Position`` from a Data_Entry file (``"2017"``, ``"v2020"``
-    or a path); 2017's ages such as ``058Y`` are read as 58."""
+    or a path). 2017's ages carry a unit: ``058Y`` is 58 years, ``020M`` 20 months (1.67 years), ``001D`` one day
+    (:func:`common.data.labels.ages_in_years`)."""
     path, _, frame = read_data_entry_table(label_file, columns=("Image Index", "Patient Age", "Patient Gender",
                                                                 "View Position"))
     names = frame["Image Index"].str.strip()
-    ages = pd.to_numeric(frame["Patient Age"].str.strip().str.rstrip("YMD"), errors="coerce")
-    if ages.isna().any():
-        line = int(np.flatnonzero(ages.isna().to_numpy())[0]) + 2
-        raise UserError(f"{path}, line {line}: Patient Age {frame['Patient Age'].iloc[line - 2]!r} is not a number")
+    ages = ages_in_years(frame["Patient Age"].tolist(), str(path))
     return Demographics(str(path), dict(zip(names, frame["Patient Gender"].str.strip())),
-                        dict(zip(names, ages.astype(int))), dict(zip(names, frame["View Position"].str.strip())))
+                        dict(zip(names, ages.tolist())), dict(zip(names, frame["View Position"].str.strip())))
 
 
-def age_band(age: int) -> str:
-    """``0-20``, ``20-40``, ``40-60``, ``60-80`` or ``80+`` (lower edge included: 20 is in ``20-40``)."""
+def age_band(age: float) -> str:
+    """``0-20``, ``20-40``, ``40-60``, ``60-80`` or ``80+`` (lower edge included: 20 is in ``20-40``; 19.9 in
+    ``0-20``), or :data:`AGE_LEFT_OUT` above :data:`MAX_AGE` years."""
     if age < 0:
         raise ValueError(f"negative age {age}")
+    if age > MAX_AGE:
+        return AGE_LEFT_OUT
     return AGE_BANDS[int(np.searchsorted(AGE_EDGES, age, side="right")) - 1]
 
 
+# A class enters a subgroup's mean AUROC only when the subgroup holds at least this many positive and negative images
+# of it: below that, one image moves the AUROC by a tenth or more and a 2-image group reads 1.000 [1.000, 1.000].
+MIN_POSITIVES = 5
+MIN_NEGATIVES = 5
+SUBGROUP_RULE = (f"a class counts in a subgroup's mean only with at least {MIN_POSITIVES} positive and "
+                 f"{MIN_NEGATIVES} negative images there; a subgroup with no such class, or under 2 patients, is n/a")
+
+
 def _group_scores(targets, probs, patient_ids, rows, n_boot, seed, class_names) -> dict:
-    """AUROC and patient bootstrap interval on ``rows``; intervals are None when fewer than two patients."""
+    """Mean AUROC and patient bootstrap interval of ``rows`` over the classes that pass the :data:`SUBGROUP_RULE`;
+    which classes those are, and why a group that has none is n/a."""
     n_patients = len(set(patient_ids[rows].tolist()))
+    positives = targets[rows].sum(axis=0).astype(int)
+    negatives = rows.size - positives
+    estimable = [c for c in range(len(class_names)) if positives[c] >= MIN_POSITIVES and negatives[c] >= MIN_NEGATIVES]
     entry = {"n_images": int(rows.size), "n_patients": n_patients,
-             "positives": dict(zip(class_names, targets[rows].sum(axis=0).astype(int).tolist()))}
-    if rows.size == 0 or n_patients < 2:
-        entry.update({"mean_auroc": None, "ci_low": None, "ci_high": None, "auroc": dict.fromkeys(class_names)})
+             "positives": dict(zip(class_names, positives.tolist())),
+             "classes": [class_names[c] for c in estimable], "n_classes": len(estimable),
+             "auroc": dict.fromkeys(class_names)}
+    reason = None
+    if n_patients < 2:
+        reason = "fewer than 2 patients"
+    elif not estimable:
+        reason = f"no class has {MIN_POSITIVES} positive and {MIN_NEGATIVES} negative images"
+    if reason:
+        entry.update({"mean_auroc": None, "ci_low": None, "ci_high": None, "n_classes": 0, "classes": [],
+                      "not_estimated": reason})
         return entry
+    columns = np.asarray(estimable)
     with warnings.catch_warnings():
-        # A class with one label value in a small subgroup is reported as None by the bootstrap itself.
+        # A class can lose one label value in a resample; the bootstrap leaves it out of that resample's mean.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        ci = patient_bootstrap_auroc_ci(targets[rows], probs[rows], patient_ids[rows], n_boot=n_boot, seed=seed)
+        ci = patient_bootstrap_auroc_ci(targets[rows][:, columns], probs[rows][:, columns], patient_ids[rows],
+                                        n_boot=n_boot, seed=seed)
+    names = entry["classes"]
     entry.update({"mean_auroc": ci["mean_auroc"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"],
-                  "auroc": dict(zip(class_names, ci["per_class"]["auroc"])),
-                  "auroc_ci_low": dict(zip(class_names, ci["per_class"]["ci_low"])),
-                  "auroc_ci_high": dict(zip(class_names, ci["per_class"]["ci_high"]))})
+                  "auroc": {**entry["auroc"], **dict(zip(names, ci["per_class"]["auroc"]))},
+                  "auroc_ci_low": dict(zip(names, ci["per_class"]["ci_low"])),
+                  "auroc_ci_high": dict(zip(names, ci["per_class"]["ci_high"]))})
     return entry
 
 
@@ -93,10 +120,12 @@ def subgroup_aurocs(targets, probs, names: Sequence[str], patient_ids, data_entr
         n_boot, seed: bootstrap resamples and seed (one seed: intervals of several models are paired).
 
     Returns:
-        ``{"sex": {"M": group, "F": group}, "age": {"0-20": group, ...}, "view": {"PA": group, "AP": group}}``;
-        a group is ``{"n_images", "n_patients", "positives", "mean_auroc", "ci_low", "ci_high", "auroc"
-        {class: value or None}, ...}``, its AUROC None when it has under two patients. Images whose sex or view is
-        outside M/F and PA/AP are counted under ``"other"`` of that grouping.
+        ``{"sex": {"M": group, "F": group}, "age": {"0-20": group, ...}, "view": {"PA": group, "AP": group},
+        "rule": SUBGROUP_RULE}``; a group is ``{"n_images", "n_patients", "positives", "classes", "n_classes",
+        "mean_auroc", "ci_low", "ci_high", "auroc" {class: value or None}, ...}``: its mean covers ``classes``
+        only (:data:`SUBGROUP_RULE`), so two groups' means may cover different classes; a group with none is
+        n/a with ``not_estimated`` saying why. Images whose sex or view is outside M/F and PA/AP are counted under
+        ``"other"`` of that grouping; images recorded older than :data:`MAX_AGE` under ``age[AGE_LEFT_OUT]``.
     """
     targets, probs = np.asarray(targets), np.asarray(probs, dtype=np.float64)
     patient_ids = np.asarray(patient_ids)
@@ -105,18 +134,20 @@ def subgroup_aurocs(targets, probs, names: Sequence[str], patient_ids, data_entr
     if missing:
         raise UserError(f"{len(missing)} evaluated image(s) are not in {data_entry.source} (first: {missing[0]})")
     keys = {
-        "sex": ([data_entry.sex[n] for n in names], SEXES),
-        "age": ([age_band(data_entry.age[n]) for n in names], AGE_BANDS),
-        "view": ([data_entry.view[n] for n in names], VIEWS),
+        "sex": ([data_entry.sex[n] for n in names], SEXES, "other"),
+        "age": ([age_band(data_entry.age[n]) for n in names], AGE_BANDS, AGE_LEFT_OUT),
+        "view": ([data_entry.view[n] for n in names], VIEWS, "other"),
     }
     result = {}
-    for grouping, (values, groups) in keys.items():
+    for grouping, (values, groups, rest) in keys.items():
         values = np.asarray(values)
         result[grouping] = {g: _group_scores(targets, probs, patient_ids, np.flatnonzero(values == g), n_boot, seed,
                                              class_names) for g in groups}
         other = np.flatnonzero(~np.isin(values, groups))
         if other.size:
-            result[grouping]["other"] = {"n_images": int(other.size)}
+            result[grouping][rest] = {"n_images": int(other.size),
+                                      "n_patients": len(set(patient_ids[other].tolist()))}
+    result["rule"] = SUBGROUP_RULE
     return result
 
 

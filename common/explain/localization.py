@@ -10,8 +10,12 @@ Protocol (Wang et al. and their supplement):
    (:func:`boxes_from_heatmap_wang`). No threshold is tuned on the test boxes.
 3. A detected box is correct when IoU > T(IoU) or IoBB > T(IoBB) (IoBB = intersection / area of the *detected* box),
    scored per threshold T separately. Per class: **Acc.** = share of ground-truth boxes hit by at least one correct
-   detection of that class on the same image; **AFP** = false-positive detections (correct for no ground-truth box
-   of that class on that image) per image, over the images that have a box of that class.
+   detection of that class on the same image; **AFP** = false-positive detections of that class (correct for no
+   ground-truth box of that class on that image) divided by the number of boxes scored, all classes together (984
+   for the whole NIH list). That denominator is the one that reproduces Wang et al.'s published arithmetic: each of
+   their eight AFP values at T(IoBB) = 0.1 times 984 is a whole number (0.8293 = 816/984, ..., 0.4543 = 447/984),
+   which no other denominator between 50 and 3,000 but multiples of 984 gives for all eight (docs/guide/trust.md).
+   The false positives per image of the class (over the class's box images) are kept as ``fp_per_class_image``.
 
 Box tuples are ``(x, y, w, h)``: top-left corner, width and height in pixels; pixel ``(row, col)`` covers
 ``[col, col + 1) x [row, row + 1)``, so a region covering columns 3..5 has ``x = 3, w = 3``.
@@ -272,9 +276,10 @@ def localization_scores(gt_rows: Sequence[BBoxRow], predicted: Mapping[tuple[str
         iobb_thresholds, iou_thresholds: T values; a detection is correct when the measure is *greater* than T.
 
     Returns:
-        ``{"iobb": {T: per_class}, "iou": {T: per_class}, "n_boxes": {class: n}, "n_images": {class: n}}`` where
-        ``per_class`` is ``{class: {"acc": float, "afp": float, "hits": int, "false_positives": int}}`` for the
-        classes present in ``gt_rows`` (BOX_CLASSES order).
+        ``{"iobb": {T: per_class}, "iou": {T: per_class}, "n_boxes": {class: n}, "n_images": {class: n},
+        "afp_denominator": n}`` where ``per_class`` is ``{class: {"acc": float, "afp": float, "fp_per_class_image":
+        float, "hits": int, "false_positives": int}}`` for the classes present in ``gt_rows`` (BOX_CLASSES order);
+        ``afp = false_positives / afp_denominator``, the number of boxes scored (module docstring).
     """
     truth = group_boxes(gt_rows)
     missing = [key for key in truth if key not in predicted]
@@ -284,6 +289,7 @@ def localization_scores(gt_rows: Sequence[BBoxRow], predicted: Mapping[tuple[str
     classes = [c for c in BOX_CLASSES if any(label == c for _, label in truth)]
     n_boxes = {c: sum(len(b) for (_, label), b in truth.items() if label == c) for c in classes}
     n_images = {c: sum(1 for _, label in truth if label == c) for c in classes}
+    afp_denominator = sum(n_boxes.values())  # Wang et al.'s: every box scored, all classes (984 for the NIH list)
 
     def score(measure, threshold):
         per_class = {}
@@ -297,8 +303,9 @@ def localization_scores(gt_rows: Sequence[BBoxRow], predicted: Mapping[tuple[str
                 correct = [[measure(d, g) > threshold for g in gt_boxes] for d in detections]
                 hits += sum(1 for j in range(len(gt_boxes)) if any(row[j] for row in correct))
                 false_positives += sum(1 for row in correct if not any(row))
-            per_class[c] = {"acc": hits / n_boxes[c], "afp": false_positives / n_images[c],
-                            "hits": hits, "false_positives": false_positives}
+            per_class[c] = {"acc": hits / n_boxes[c], "afp": false_positives / afp_denominator,
+                            "fp_per_class_image": false_positives / n_images[c], "hits": hits,
+                            "false_positives": false_positives}
         return per_class
 
     return {
@@ -306,6 +313,7 @@ def localization_scores(gt_rows: Sequence[BBoxRow], predicted: Mapping[tuple[str
         "iou": {float(t): score(iou, t) for t in iou_thresholds},
         "n_boxes": n_boxes,
         "n_images": n_images,
+        "afp_denominator": afp_denominator,
     }
 
 
@@ -340,9 +348,10 @@ def format_localization_table(scores: dict, label: str = "ours") -> str:
     for t, per_class in scores["iou"].items():
         lines.append(row(f"IoU>{t:g} Acc {label}", [per_class[c]["acc"] for c in classes]))
     lines.append("-" * len(head))
+    denominator = scores.get("afp_denominator", sum(scores["n_boxes"].values()))
     lines.append(f"{sum(scores['n_boxes'].values())} boxes on {sum(scores['n_images'].values())} "
-                 "(image, class) pairs; Acc = share of boxes hit, AFP = false-positive boxes per image; "
-                 "Wang17 = Wang et al. 2017 supplement Table 19")
+                 f"(image, class) pairs; Acc = share of boxes hit, AFP = false-positive boxes / {denominator} (the "
+                 "boxes scored: Wang et al.'s denominator); Wang17 = Wang et al. 2017 supplement Table 19")
     return "\n".join(lines)
 
 

@@ -90,6 +90,11 @@ def read_checkpoint_file(path: str | os.PathLike, *, published_formats: bool = F
         if "Weights only load failed" not in str(err):
             raise UserError(f"cannot read {what} {path}: {_first_line(err)}") from None
         asked = _requested_name(path, str(err), allowed)
+        if asked is None:  # no global asked for: damaged or not a pickle at all (garbage bytes, a PNG)
+            detail = next((line.split("error:", 1)[1].strip() for line in str(err).splitlines() if "error:" in line),
+                          "")
+            raise UserError(f"cannot read {what} {path}: not a torch checkpoint ({detail or 'unreadable pickle'})"
+                            ) from None
     except Exception as err:  # torch.load raises many types (zip, runtime, key, EOF); all mean "not readable".
         raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {_first_line(err)}") from None
     besides = ("tensors, plain values or the published formats' argparse.Namespace and numpy scalars"
@@ -111,18 +116,15 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0][:200]
 
 
-def _requested_name(path: Path, message: str, allowed) -> str:
+def _requested_name(path: Path, message: str, allowed) -> str | None:
     """What the refused file asked for, found without unpickling it: torch's message names the global it stopped
-    at; otherwise the pickle's opcodes are scanned for the globals it imports."""
+    at; otherwise the pickle's opcodes are scanned for the globals it imports. None: it asked for none."""
     match = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"got <class '([\w.]+)'>", message)
     if match:
         return match.group(1)
     allowed_names = set(allowed_class_names()) if allowed else set()
     found = [name for name in _pickle_globals(path) if name not in allowed_names]
-    if found:
-        return found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
-    detail = next((line.split("error:", 1)[1].strip() for line in message.splitlines() if "error:" in line), "")
-    return f"something torch's safe loader cannot build{f' ({detail})' if detail else ''}"
+    return found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "") if found else None
 
 
 def _pickle_globals(path: Path) -> list[str]:
