@@ -76,6 +76,11 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     checkpoint = torch.load(student_dir / "modeld-ensemble.pth", map_location="cpu", weights_only=True)
     assert [t["index"] for t in checkpoint["distillation"]["teachers"]] == [1, 2]
     assert checkpoint["model_name"] == "eeea_c2"
+    # The student records its teachers' patients with its own (issue 15 §1): the same split here, so the same sets.
+    sources = checkpoint["patients_seen"]["sources"]
+    assert sources[0].startswith("modeld-ensemble: trained on the train part")
+    assert any(s.startswith("teacher model1.pth: model1:") for s in sources)
+    assert any(s.startswith("teacher model2.pth: model2:") for s in sources)
 
     assert run_main(compare.main,
                     ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", "--n-boot", "50"]) == 0
