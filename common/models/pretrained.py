@@ -51,7 +51,8 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
             - Cream ``S3-B.pth``, darmo ``autoformerv2_base.pt`` and the original's ``model5.pth`` (converted with
               timm's Swin ``checkpoint_filter_fn``);
             - timm's own files, with or without ``module.`` / ``_orig_mod.`` prefixes;
-            - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``).
+            - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``) and model
+              folders (``predict.py --export-hub DIR``: ``model.safetensors`` and ``config.json``).
 
     A checkpoint head with another class count, or no head, leaves the model's head as it is (reported); any
     other difference is an error. Swin relative-position tables of another window size are resized by timm's
@@ -113,6 +114,10 @@ def imagenet_checkpoint_path(model_name: str) -> Path:
 def _read_checkpoint(path: Path, notes: list[str]) -> Any:
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        # A model folder (predict.py --export-hub): safetensors weights and a config.json, never a pickle.
+        from common.models.model_folder import read_model_folder
+        return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint is not a file: {path}")
     try:

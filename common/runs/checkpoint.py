@@ -40,8 +40,12 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU."""
+    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU, or a model folder
+    written by ``predict.py --export-hub`` (:func:`common.models.model_folder.read_model_folder`)."""
     path = Path(path)
+    if path.is_dir():
+        from common.models.model_folder import read_model_folder
+        return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
