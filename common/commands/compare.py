@@ -355,7 +355,9 @@ def _pair_cell(teacher: dict | None, student: dict, key: str, digits: int = 3) -
 def _ensemble_label(row: dict) -> str:
     """The ensemble student's teachers and weights, for the tables' first column."""
     described = row.get("distilled_from")
-    return f"ensemble: {described}" if described else "ensemble (teachers not recorded)"
+    if described:
+        return f"ensemble: {described}"
+    return "ensemble" if row.get("status") != "ok" else "ensemble (teachers not recorded)"
 
 
 def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
