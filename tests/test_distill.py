@@ -96,7 +96,15 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     assert identities["modeld1"]["data"] == identities["model1"]["data"]
     assert identities["modeld2"]["recipe"]["trained"]["recipe"]["distillation"]["teachers"][0]["index"] == 2
     assert rows["modeld1"]["recipe_vs_baseline"] == "same recipe"
-    assert "student's recipe vs model1" in (student_dir / "comparison.md").read_text()
+    markdown = (student_dir / "comparison.md").read_text()
+    assert "student's recipe vs model1" in markdown
+    # The ensemble row names its teachers and weights; every student has a card saying what it came from.
+    assert "ensemble: teachers 1 EEEA-Net-C2, 2 OFA-595; per-class weights by validation AUROC" in markdown
+    assert "several teachers" not in markdown and rows["modeld-ensemble"]["label"].endswith("of 1+2 (auroc)")
+    card = (student_dir / "modeld-ensemble-card.md").read_text()
+    assert card.startswith("# Model card: EEEA-Net-C2 distilled from EEEA-Net-C2, OFA-595")
+    assert "Ensemble weights: auroc" in card and "not for clinical diagnosis" in card
+    assert "Distilled from 1 teacher(s): teacher 2: OFA-595" in (student_dir / "modeld2-card.md").read_text()
     # The comparison's numbers equal those of test-model.py in each folder.
     for index, folder in ((1, "1-EEEA-Net-C2"), (2, "2-OFA-595")):
         out = teachers / folder

@@ -315,7 +315,7 @@ def test_unreadable_sources(refs, tmp_path):
     missing = tmp_path / "absent.pth"
     with pytest.raises(UserError, match="not found: " + re.escape(str(missing))):
         load_pretrained(target, "eeea_c2", missing)
-    with pytest.raises(UserError, match="not a file"):
+    with pytest.raises(UserError, match="not a model folder: config.json is missing"):
         load_pretrained(target, "eeea_c2", tmp_path)
     for filename, content in (("garbage.pth", b"not a checkpoint at all"), ("empty.pth", b"")):
         (tmp_path / filename).write_bytes(content)

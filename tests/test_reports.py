@@ -77,6 +77,15 @@ def test_cam_and_localization_write_the_sheet_and_the_table(trained, synthetic, 
     assert len(report["calibration"]["per_class"]) == 14 and report["calibration"]["n_bins"] == 15
     assert Path(f"{stem}-test-reliability.png").is_file()
     assert "Mean AUROC by subgroup" in printed and "mean ECE" in printed
+    # The model card and the out-of-distribution statistics beside the results (issue 17 §2, §4).
+    card = Path(f"{stem}-card.md").read_text()
+    for heading in ("## Model", "## Training data", "## Recipe", "## Test results", "### Subgroups", "### Calibration",
+                    "### Localisation", "## Out-of-distribution score", "## Intended use", "## Out of scope",
+                    "## Run identity"):
+        assert heading in card, heading
+    assert "not for clinical diagnosis" in card and "aid to inspection, not a localisation" in card
+    assert report["identity"]["recipe"]["checkpoint_sha256"] in card
+    assert report["ood"]["threshold"] > 0 and Path(f"{stem}-ood.json").is_file()
 
 
 def _write_predictions(path, names, probs):
@@ -140,6 +149,11 @@ def test_comparison_with_a_baseline_file_and_localisation(trained, synthetic, tm
     markdown = (student_dir / "comparison.md").read_text()
     assert "## Subgroups, calibration and localisation: teacher / student" in markdown
     assert "| Published (predictions file) |" in markdown and "missing / missing" in markdown
+    # Every localisation figure says how many boxes it was scored on.
+    boxes = rows["model1"]["loc_boxes"]
+    assert f"{float(rows['model1']['loc_acc_iobb0.1']):.3f} / {float(rows['modeld1']['loc_acc_iobb0.1']):.3f} " \
+           f"({boxes} boxes)" in markdown
+    assert (student_dir / "modeld1-card.md").read_text().startswith("# Model card: EEEA-Net-C2")
 
 
 def test_para_test_prints_the_onnxruntime_latency_last(capsys, one_thread):

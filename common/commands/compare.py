@@ -37,6 +37,8 @@ def get_args_parser() -> ArgumentParser:
                         help="add another model's per-image probabilities (Image Index,prob_<Class>,...) as a row "
                              "scored on the same test images (repeatable)")
     add_localization_arguments(parser)
+    parser.add_argument("--no-ood", action="store_true",
+                        help="do not fit the students' out-of-distribution statistics (modeldK-ood.json)")
     return parser
 
 
@@ -72,6 +74,62 @@ def model_entries(teachers_root: Path, student_dir: Path) -> list[dict]:
     entries.append({"key": "modeld-ensemble", "role": "student", "teacher": "ensemble",
                     "label": f"{student.display_name} <- ensemble", "path": student_dir / "modeld-ensemble.pth"})
     return entries
+
+
+def distillation_description(distillation: dict | None, teachers_root: Path) -> dict:
+    """What a student was distilled from: ``{"indices", "short", "text", "weights"}`` from its checkpoint's
+    ``distillation`` record. Per-class AUROC weights are recomputed from the teachers' checkpoints when the files
+    are still the ones the student was distilled from (same sha256), and shown as each teacher's mean weight."""
+    from common.data.fingerprint import file_sha256
+    from common.engine.losses import auroc_teacher_weights
+    from common.models import model_info
+    from common.runs.checkpoint import load_checkpoint
+    from common.runs.layout import folder_model_path
+    if not distillation:
+        return {"indices": [], "short": "unknown", "text": "not recorded (no distillation entry)", "weights": None}
+    teachers = distillation.get("teachers") or []
+    indices = [t.get("index") for t in teachers]
+    names = ", ".join(f"{t.get('index')} {model_info(t['model_name']).display_name}" for t in teachers)
+    if len(teachers) < 2:
+        return {"indices": indices, "short": names, "text": f"teacher {names}", "weights": None}
+    scheme = distillation.get("ensemble_weights") or "uniform"
+    if scheme == "uniform":
+        weights = {t.get("index"): 1.0 / len(teachers) for t in teachers}
+        detail = f"uniform weights (1/{len(teachers)} each)"
+    else:
+        weights, aurocs = None, []
+        for teacher in teachers:
+            candidates = [Path(teacher["path"])]
+            if teacher.get("index") is not None:
+                candidates.append(folder_model_path(teachers_root, teacher["index"]))
+            found = next((c for c in candidates if c.is_file() and file_sha256(c) == teacher.get("sha256")), None)
+            aurocs.append(None if found is None else load_checkpoint(found).get("val_auroc"))
+        if all(a is not None for a in aurocs):
+            matrix = auroc_teacher_weights(aurocs).numpy()
+            weights = {t.get("index"): float(matrix[k].mean()) for k, t in enumerate(teachers)}
+            detail = ("per-class weights by validation AUROC above chance; mean over the classes "
+                      + ", ".join(f"{index}: {value:.2f}" for index, value in weights.items()))
+        else:
+            detail = "per-class weights by validation AUROC above chance (teacher files changed since: not shown)"
+    return {"indices": indices, "short": "+".join(map(str, indices)) + f" ({scheme})",
+            "text": f"teachers {names}; {detail}", "weights": weights}
+
+
+def student_card(args, entry: dict, result, checkpoint: dict, settings) -> None:
+    """A student's out-of-distribution statistics (fitted unless ``--no-ood``) and its model card
+    ``modeldK-card.md``, which says what it was distilled from."""
+    from common.evaluation.card import write_model_card
+    from common.evaluation.ood import OodSettings, ensure_ood_statistics, ood_summary
+    if args.no_ood:
+        ood = ood_summary(None, "not fitted (--no-ood)")
+    else:
+        stats, note = ensure_ood_statistics(entry["path"], result.model, checkpoint, settings.data, settings.device,
+                                            settings.batch_size, OodSettings())
+        print(f"Out-of-distribution statistics of {entry['key']}: {note}")
+        ood = ood_summary(stats, note)
+    result.report["ood"] = ood
+    entry["card"] = write_model_card(result, checkpoint, ood)
+    print(f"model card: {entry['card']}")
 
 
 def baseline_key() -> str:
@@ -126,6 +184,10 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
             entry["localization"] = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size)
             print(localization_text(result, entry["localization"]))
             result.report["localization"] = json_ready(entry["localization"])
+        if entry["role"] == "student":
+            checkpoint = load_checkpoint(entry["path"])
+            entry["distilled_from"] = distillation_description(checkpoint.get("distillation"), teachers_root)
+            student_card(args, entry, result, checkpoint, settings)
         result.model = None  # free it before the next model is loaded
         results[entry["key"]] = result
     for entry in externals:
@@ -227,6 +289,10 @@ def _row(entry: dict, result) -> dict:
     from common.explain.report import mean_localization_accuracy
     row = {"model": entry["key"], "role": entry["role"], "teacher": entry["teacher"], "label": entry["label"],
            "file": str(entry["path"]), "status": "ok" if result else "missing"}
+    if entry.get("distilled_from"):
+        row["distilled_from"] = entry["distilled_from"]["text"]
+        if entry["teacher"] == "ensemble":
+            row["label"] = f"{entry['label']} of {entry['distilled_from']['short']}"
     if result:
         report = result.report
         at_half = report["threshold_0.5"]["macro"]
@@ -267,14 +333,31 @@ def _bootstrap(entries, results, n_boot: int) -> list[dict]:
 
 
 def _pair_cell(teacher: dict | None, student: dict, key: str, digits: int = 3) -> str:
-    """``teacher / student`` of one column; "missing" for an absent model, "n/a" for a value not computed."""
+    """``teacher / student`` of one column; "missing" for an absent model, "n/a" for a value not computed. A
+    localisation value carries the number of boxes it was scored on."""
     def one(row):
         if row is None:
             return "—"
         if row["status"] != "ok":
             return "missing"
         return "n/a" if row.get(key) is None else f"{row[key]:.{digits}f}"
-    return f"{one(teacher)} / {one(student)}"
+    cell = f"{one(teacher)} / {one(student)}"
+    if key.startswith("loc_"):
+        counts = [row.get("loc_boxes") for row in (teacher, student) if row is not None and row.get(key) is not None]
+        if counts and len(set(counts)) == 1:
+            cell += f" ({counts[0]} boxes)"
+        elif counts:
+            cell = (f"{one(teacher)} ({teacher.get('loc_boxes')} boxes) / {one(student)} "
+                    f"({student.get('loc_boxes')} boxes)")
+    return cell
+
+
+def _ensemble_label(row: dict) -> str:
+    """The ensemble student's teachers and weights, for the tables' first column."""
+    described = row.get("distilled_from")
+    if described:
+        return f"ensemble: {described}"
+    return "ensemble" if row.get("status") != "ok" else "ensemble (teachers not recorded)"
 
 
 def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
@@ -290,7 +373,7 @@ def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
     for index in list(model_folders()) + ["ensemble"]:
         student = by_key[f"modeld{index}" if index != "ensemble" else "modeld-ensemble"]
         teacher = None if index == "ensemble" else by_key[f"model{index}"]
-        label = "ensemble (several teachers)" if teacher is None else teacher["label"]
+        label = _ensemble_label(student) if teacher is None else teacher["label"]
         lines.append(f"| {label} | " + " | ".join(_pair_cell(teacher, student, key) for key, _ in columns) + " |")
     for row in by_key.values():
         if row["role"] == "external":
@@ -300,8 +383,16 @@ def _side_by_side(by_key: dict, with_localization: bool) -> list[str]:
     lines += ["", "AUROC PA / AP: mean AUROC on the posteroanterior / anteroposterior images only (views from the "
               "Data_Entry file; n/a without one). ECE: 15 equal-width bins, mean over the 14 classes; Brier: mean "
               "squared error of the probabilities. Localisation: mean over the boxed classes of Wang et al.'s Acc. "
-              "(Grad-CAM, heatmap thresholds 60/180); per-class tables are in the printed output and comparison.json."]
+              "(Grad-CAM, heatmap thresholds 60/180), with the number of NIH boxes on this split's test images it "
+              "was scored on; per-class tables are in the printed output and comparison.json."]
     return lines
+
+
+def _interval(results: dict, key: str | None):
+    """The patient-bootstrap 95% interval of a model's test mean AUROC, or None."""
+    result = results.get(key) if key else None
+    interval = (result.report.get("mean_auroc_ci95") or {}) if result else {}
+    return None if interval.get("low") is None else (interval["low"], interval["high"])
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -348,15 +439,21 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
         student_key = f"modeld{index}" if index != "ensemble" else "modeld-ensemble"
         teacher_auroc = None if index == "ensemble" else by_key[f"model{index}"].get("mean_auroc")
         student_auroc = by_key[student_key].get("mean_auroc")
-        label = "ensemble" if index == "ensemble" else by_key[f"model{index}"]["label"]
+        label = _ensemble_label(by_key[student_key]) if index == "ensemble" else by_key[f"model{index}"]["label"]
         b = boot.get(student_key, {})
         ci = (f"{b['diff']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]" if b.get("status") == "ok"
               else b.get("status", "missing"))
         gap = (f"{student_auroc - teacher_auroc:+.4f}" if None not in (student_auroc, teacher_auroc) else "")
-        teacher_cell = "— (several teachers)" if index == "ensemble" else _fmt(teacher_auroc)
+        teacher_cell = "— (an ensemble)" if index == "ensemble" else _fmt(teacher_auroc)
         recipe = by_key[student_key].get("recipe_vs_baseline", "")
         lines.append(f"| {label} | {teacher_cell} | {_fmt(student_auroc)} | {gap} | {ci} | {recipe} |")
-        chart_rows.append({"label": label, "teacher": teacher_auroc, "student": student_auroc})
+        chart_label = label
+        if index == "ensemble":
+            short = (by_key[student_key].get("label") or "").partition(" of ")[2]
+            chart_label = f"ensemble of {short}" if short else "ensemble"
+        chart_rows.append({"label": chart_label, "teacher": teacher_auroc, "student": student_auroc,
+                           "teacher_ci": _interval(results, None if index == "ensemble" else f"model{index}"),
+                           "student_ci": _interval(results, student_key)})
     lines += _side_by_side(by_key, any(row.get("loc_boxes") for row in rows))
     lines += ["", "## Per-class test AUROC", "",
               "| class | " + " | ".join(r["model"] for r in rows if r["status"] == "ok") + " |",

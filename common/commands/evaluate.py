@@ -21,6 +21,9 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
                         help="write Grad-CAM overlays of the K most probable test images of every class and one "
                              "summary sheet (<stem>-test-cam/, <stem>-test-cam-sheet.png)")
     add_localization_arguments(parser)
+    parser.add_argument("--no-ood", action="store_true",
+                        help="do not fit the out-of-distribution statistics (<stem>-ood.json: Mahalanobis distance of "
+                             "the pre-logits features, fitted on training images, threshold on validation images)")
     return parser
 
 
@@ -51,6 +54,9 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     if args.checkpoint is None and folder is None:
         raise UserError("no checkpoint: pass --checkpoint")
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(folder) / f"{prefix}.pth"
+    if checkpoint.is_dir():
+        raise UserError(f"{checkpoint} is a model folder; test-model.py scores the checkpoint file it was exported "
+                        "from (its config.json names it)")
     settings = scoring_settings(args)
     boxes = read_boxes(args.bbox_file) if (args.localization or args.cam or args.bbox_file) else None
     print("=> loading checkpoint")
@@ -72,7 +78,21 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
         print(localization_text(result, loc))
         result.report["localization"] = json_ready(loc)
         extra.append(write_localization(result, loc))
+    from common.evaluation.card import write_model_card
+    from common.evaluation.ood import OodSettings, ensure_ood_statistics, ood_path, ood_summary
+    checkpoint_dict = load_checkpoint(checkpoint)
+    if args.no_ood:
+        ood = ood_summary(None, "not fitted (--no-ood)")
+    else:
+        stats, note = ensure_ood_statistics(checkpoint, result.model, checkpoint_dict, settings.data,
+                                            settings.device, settings.batch_size, OodSettings())
+        print(f"Out-of-distribution statistics: {note}")
+        ood = ood_summary(stats, note)
+        if stats is not None:
+            extra.append(ood_path(checkpoint))
+    result.report["ood"] = ood
     paths = write_results(result)
+    extra.append(write_model_card(result, checkpoint_dict, ood))
     print("results written: " + ", ".join(str(p) for p in [*paths.values(), *extra]))
     return 0
 

@@ -78,38 +78,61 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
     parser.add_argument("--cam-top", type=positive_int, default=1, help="classes per image for --cam (default 1)")
     parser.add_argument("--cam-dir", default=None, help="folder of the overlays (default: <output stem>-cam)")
     parser.add_argument("--export-onnx", default=None, metavar="FILE", help="export the checkpoint to this ONNX file")
+    parser.add_argument("--export-hub", default=None, metavar="DIR",
+                        help="write a model folder to publish: model.safetensors, config.json, README.md (the model "
+                             "card), model.onnx; --checkpoint DIR and --pretrained DIR read it")
+    parser.add_argument("--license", default="other",
+                        help="license written into the model folder's config.json and card (default: other)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     args = parser.parse_args(argv)
-    if not args.images and not args.export_onnx:
-        raise UserError("give images or folders to predict, or --export-onnx FILE")
-    if args.onnx and (args.cam or args.export_onnx):
-        raise UserError("--cam and --export-onnx need the PyTorch checkpoint; leave out --onnx")
+    if not args.images and not args.export_onnx and not args.export_hub:
+        raise UserError("give images or folders to predict, or --export-onnx FILE, or --export-hub DIR")
+    if args.onnx and (args.cam or args.export_onnx or args.export_hub):
+        raise UserError("--cam, --export-onnx and --export-hub need the PyTorch checkpoint; leave out --onnx")
 
-    model = checkpoint = None
+    model = checkpoint = ood = None
     if args.onnx:
         from common.inference.onnx import OnnxPredictor
         predictor, meta = OnnxPredictor(args.onnx), {}
+        ood_note = "" if predictor.has_ood else f"{args.onnx} was exported without out-of-distribution statistics"
     else:
         # Imported here: the checkpoint loader needs torch, and the --onnx path above must run without it.
+        from common.evaluation.ood import load_ood_statistics
         from common.runs.checkpoint import load_model_from_checkpoint
         checkpoint, model = load_model_from_checkpoint(args.checkpoint, expected_model=model_name)
         model.eval()
         predictor = model
         meta = {"img_size": checkpoint["img_size"], "mean": checkpoint["mean"], "std": checkpoint["std"]}
+        ood, ood_note = load_ood_statistics(args.checkpoint, checkpoint)
     if args.export_onnx:
         from common.inference.onnx import export_onnx
         path = export_onnx(model, int(meta["img_size"]), args.export_onnx, mean=meta["mean"], std=meta["std"],
                            model_name=checkpoint["model_name"],
-                           class_names=CLASS_NAMES)
-        print(f"exported {args.checkpoint} to {path}")
+                           class_names=CLASS_NAMES, ood=ood)
+        print(f"exported {args.checkpoint} to {path}" + ("" if ood else f" (no ood_score output: {ood_note})"))
+    if args.export_hub:
+        from common.evaluation.card import export_model_folder
+        folder_written = export_model_folder(Path(args.checkpoint), checkpoint, model, ood, Path(args.export_hub),
+                                             license_name=args.license)
+        print(f"wrote model folder {folder_written} (model.safetensors, config.json, README.md, model.onnx)")
     if not args.images:
         return 0
 
-    result = predict_images(predictor, meta, collect_images(args.images), batch_size=args.batch_size)
+    result = predict_images(predictor, meta, collect_images(args.images), batch_size=args.batch_size, ood=ood)
     if not result.paths:
         raise UserError(f"none of the {len(result.failed)} image(s) could be read")
     output = Path(args.output)
-    write_text_atomic(predictions_csv(result.image_names(), result.probs), output)
+    # --- out-of-distribution score (issue 17 §2): printed per image, two trailing CSV columns ---
+    ood_threshold = ood["threshold"] if ood else getattr(predictor, "ood_threshold", None)
+    ood_percentile = ood["percentile"] if ood else getattr(predictor, "ood_percentile", None)
+    if result.ood_scores is not None:
+        from common.inference.ood import format_ood_lines
+        for line in format_ood_lines(result.image_names(), result.ood_scores, ood_threshold, ood_percentile):
+            print(line)
+    else:
+        print(f"note: no out-of-distribution score: {ood_note}")
+    write_text_atomic(predictions_csv(result.image_names(), result.probs, ood_scores=result.ood_scores,
+                                      ood_threshold=ood_threshold), output)
     print(f"wrote probabilities of {len(result.paths)} image(s) to {output}")
     if args.cam:
         cam_dir = Path(args.cam_dir) if args.cam_dir else output.with_name(f"{output.stem}-cam")

@@ -13,7 +13,7 @@ from common.data.device_augment import DeviceAugment
 from common.data.fingerprint import data_identity
 from common.data.image_cache import eval_view_note, open_image_cache
 from common.data.images import index_images, require_images
-from common.data.splits import build_split
+from common.data.splits import SplitPart, build_split
 from common.data.transforms import build_transform
 from common.errors import UserError
 from common.runtime.distributed import Distributed, processes_per_node
@@ -92,18 +92,23 @@ class SplitData:
             self._identities[key] = data_identity(self.data_dir, self.index, key, cache=self.cache)
         return dict(self._identities[key])
 
-    def dataset(self, part: str, transform):
-        """The part as a dataset of ``{"image", "target", "index"}`` items with ``transform`` applied per image."""
+    def dataset(self, part: str, transform, rows=None):
+        """The part (or its ``rows``, positions in the part) as a dataset of ``{"image", "target", "index"}`` items
+        with ``transform`` applied per image."""
+        values = self.split.parts[part]
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            values = SplitPart([values.names[i] for i in rows], values.labels[rows], values.patient_ids[rows])
         if self.cache is not None:
-            values = self.split.parts[part]
             return CachedBatchDataset(self.cache, values.names, values.labels, transform)
-        return CXR8Dataset(self.split.parts[part], self.source, transform)
+        return CXR8Dataset(values, self.source, transform)
 
-    def loader(self, part: str, transform, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    def loader(self, part: str, transform, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+               rows=None):
         """A DataLoader; with ``shuffle`` the order comes from ``seed``, so a resumed epoch sees the same order.
 
         With a cache, the workers read a batch at a time and apply ``transform`` to its images."""
-        dataset = self.dataset(part, transform)
+        dataset = self.dataset(part, transform, rows)
         if len(dataset) == 0:
             raise UserError(f"the {part} part of split {self.split.name} is empty")
         if self.cache is not None:
@@ -116,7 +121,8 @@ class SplitData:
         )
 
     def batches(self, part: str, view: str, img_size: int, mean, std, batch_size: int, *, crop_scale: float = 0.08,
-                seed: int = 0, epoch: int = 1, drop_last: bool = False, distributed: Distributed | None = None):
+                seed: int = 0, epoch: int = 1, drop_last: bool = False, distributed: Distributed | None = None,
+                rows=None):
         """``(loader, augment)`` for a ``view`` of a part: ``train`` (shuffled, augmented), ``eval`` (centre crop) or
         ``tencrop``; the one place that decides where each step of a view runs.
 
@@ -128,7 +134,8 @@ class SplitData:
 
         ``distributed``: with several processes the train part is split by a DistributedSampler (``seed``, set to
         ``epoch``) and the other views by :meth:`common.runtime.distributed.Distributed.eval_positions` (no padding). The
-        single-process train order is the one :meth:`loader` gives with ``seed * 1000 + epoch``.
+        single-process train order is the one :meth:`loader` gives with ``seed * 1000 + epoch``. ``rows``: only these
+        positions of the part (the sample the OOD statistics are fitted on).
         """
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -151,9 +158,9 @@ class SplitData:
             augment = None
         if not distributed.enabled:
             loader = self.loader(part, transform, batch_size, shuffle=view == "train",
-                                 seed=seed * 1000 + epoch if view == "train" else 0, drop_last=drop_last)
+                                 seed=seed * 1000 + epoch if view == "train" else 0, drop_last=drop_last, rows=rows)
             return loader, augment
-        dataset = self.dataset(part, transform)
+        dataset = self.dataset(part, transform, rows)
         if len(dataset) == 0:
             raise UserError(f"the {part} part of split {self.split.name} is empty")
         if view == "train":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -51,9 +52,16 @@ def plot_training_curves(log_csv: Path, png_path: Path, title: str = "") -> None
     _save(figure, png_path)
 
 
+def wrap_title(text: str, figure_width_in: float, fontsize: float = 12) -> str:
+    """``text`` broken into lines that fit a figure ``figure_width_in`` inches wide (about 0.55 em per character)."""
+    width = max(20, int(figure_width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+
+
 def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, class_names, aurocs, png_path: Path, title: str) -> None:
     """One ROC curve per class (sklearn ``roc_curve``) in a 4 x 4 grid."""
-    figure, axes = plt.subplots(4, 4, figsize=(12, 12))
+    # Constrained layout: without it each subplot title overlaps the x label of the subplot above.
+    figure, axes = plt.subplots(4, 4, figsize=(12, 12), layout="constrained")
     for index, axis in enumerate(axes.flat):
         if index >= len(class_names):
             axis.axis("off")
@@ -70,36 +78,64 @@ def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, class_names, aurocs,
         axis.set_xlabel("false positive rate", fontsize=7)
         axis.set_ylabel("true positive rate", fontsize=7)
         axis.tick_params(labelsize=7)
-    figure.suptitle(title)
+    figure.suptitle(wrap_title(title, 12))
     _save(figure, png_path)
 
 
 def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, title: str) -> None:
-    """Bars of each teacher's test mean AUROC next to its distilled student's, with the undistilled baseline.
+    """Bars of each teacher's test mean AUROC next to its distilled student's, with their 95% intervals and the
+    undistilled baseline.
 
-    ``rows`` items: ``{"label", "teacher", "student"}`` (values may be None when a model is missing).
+    ``rows`` items: ``{"label", "teacher", "student"}`` and optionally ``"teacher_ci"`` / ``"student_ci"`` as
+    ``(low, high)`` (the patient-bootstrap interval of that model's mean AUROC); values may be None when a model is
+    missing. The axis starts at 0.5 (chance), or at 0 when a value or an interval reaches below chance, and says so.
     """
-    labels = [r["label"] for r in rows]
+    labels = [textwrap.fill(r["label"], 16) for r in rows]
     positions = np.arange(len(rows))
     width = 0.38
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
-    # The tables' 0-1 scale, so a number read off the chart is the number in comparison.md.
-    teacher = [np.nan if r["teacher"] is None else r["teacher"] for r in rows]
-    student = [np.nan if r["student"] is None else r["student"] for r in rows]
-    bars_t = axis.bar(positions - width / 2, teacher, width, label="teacher (before distillation)", zorder=2)
-    bars_s = axis.bar(positions + width / 2, student, width, label="EEEA-Net-C2 student (after)", zorder=2)
-    for bars in (bars_t, bars_s):
-        for text in axis.bar_label(bars, fmt="%.3f", fontsize=8, padding=2):
-            # A white box keeps the baseline line from running through the numbers.
-            text.set(bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6}, zorder=4)
+    figure, axis = plt.subplots(figsize=(max(6.5, 1.7 * len(rows)), 4.6), layout="constrained")
+
+    def values(key):
+        return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+
+    def intervals(key, centre):
+        pairs = [r.get(key) or (np.nan, np.nan) for r in rows]
+        low = np.array([np.nan if p[0] is None else p[0] for p in pairs], dtype=float)
+        high = np.array([np.nan if p[1] is None else p[1] for p in pairs], dtype=float)
+        return np.clip(centre - low, 0, None), np.clip(high - centre, 0, None), low, high
+
+    teacher, student = values("teacher"), values("student")
+    t_below, t_above, t_low, t_high = intervals("teacher_ci", teacher)
+    s_below, s_above, s_low, s_high = intervals("student_ci", student)
+    known = np.concatenate([teacher, student, t_low, s_low, [np.nan if baseline is None else baseline]])
+    floor = 0.5 if not np.any(np.nan_to_num(known, nan=1.0) < 0.5) else 0.0
+    tops = np.concatenate([teacher, student, t_high, s_high])
+    top = float(np.nanmax(tops)) if np.isfinite(tops).any() else 1.0
+    for offset, heights, below, above, name in ((-width / 2, teacher, t_below, t_above, "teacher (before distillation)"),
+                                                (width / 2, student, s_below, s_above, "EEEA-Net-C2 student (after)")):
+        # Bars rise from the axis floor (chance, or 0), so their length is the skill the number claims.
+        axis.bar(positions + offset, heights - floor, width, bottom=floor, label=name, zorder=2)
+        have = np.isfinite(heights)
+        axis.errorbar((positions + offset)[have], heights[have], yerr=[np.nan_to_num(below[have]),
+                                                                       np.nan_to_num(above[have])],
+                      fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
+        for x, value, up in zip(positions + offset, heights, above):
+            if np.isfinite(value):
+                axis.text(x, value + np.nan_to_num(up) + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7,
+                          zorder=4)
     if baseline is not None:
-        axis.axhline(baseline, color="black", linestyle="--", linewidth=1, zorder=3,
+        axis.axhline(baseline, color="black", linestyle="--", linewidth=1, zorder=1,
                      label=f"EEEA-Net-C2 without distillation ({baseline:.3f})")
-    finite = [v for v in teacher + student + ([baseline] if baseline is not None else []) if np.isfinite(v)]
-    if finite:
-        axis.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.04))
-    axis.set_xticks(positions, labels, rotation=15)
-    axis.set_ylabel("test mean AUROC")
-    axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    if floor == 0.0:
+        axis.axhline(0.5, color="grey", linestyle=":", linewidth=1, zorder=1, label="chance (0.5)")
+    # Room above the highest interval for its number; the ticks stop at 1, the largest AUROC there is.
+    axis.set_ylim(floor, max(top, floor + 0.1) + 0.07)
+    axis.set_yticks(np.round(np.arange(floor, 1.0001, 0.1), 1))
+    axis.set_xticks(positions, labels, fontsize=8)
+    axis.set_xlabel("teacher (before) and its EEEA-Net-C2 student (after); error bars: 95% patient-bootstrap "
+                    "interval", fontsize=8)
+    axis.set_ylabel("test mean AUROC" + (" (axis from 0.5 = chance)" if floor == 0.5 else " (axis from 0)"))
+    axis.set_title(wrap_title(title, max(6.5, 1.7 * len(rows)), 10), fontsize=10)
+    axis.grid(axis="y", alpha=0.3, zorder=0)
+    figure.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     _save(figure, png_path)

@@ -199,8 +199,10 @@ def plot_reliability(path: str | os.PathLike, calibration_result: dict, title: s
     with the ECE in each title; written atomically as PNG."""
     from common.evaluation.plots import _save, plt
 
+    from common.evaluation.plots import wrap_title
+
     per_class = calibration_result["per_class"]
-    figure, axes = plt.subplots(4, 4, figsize=(12, 12))
+    figure, axes = plt.subplots(4, 4, figsize=(12, 12), layout="constrained")
     for index, axis in enumerate(axes.flat):
         if index >= len(per_class):
             axis.axis("off")
@@ -210,9 +212,12 @@ def plot_reliability(path: str | os.PathLike, calibration_result: dict, title: s
         axis.plot(entry["prob_pred"], entry["prob_true"], marker="o", markersize=3)
         axis.set(xlim=(0, 1), ylim=(0, 1))
         axis.set_title(f"{name} (ECE {entry['ece']:.3f})", fontsize=9)
+        axis.set_xlabel("mean predicted probability", fontsize=7)
+        axis.set_ylabel("observed frequency", fontsize=7)
         axis.tick_params(labelsize=7)
-    figure.suptitle(title or f"reliability ({calibration_result['n_bins']} bins; mean ECE "
-                             f"{calibration_result['mean_ece']:.3f}, mean Brier {calibration_result['mean_brier']:.3f})")
+    figure.suptitle(wrap_title(title or f"reliability ({calibration_result['n_bins']} bins; mean ECE "
+                                        f"{calibration_result['mean_ece']:.3f}, mean Brier "
+                                        f"{calibration_result['mean_brier']:.3f})", 12))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)

@@ -6,7 +6,9 @@
   (jacobgil/pytorch-grad-cam). The target is the class *logit* (``ClassifierOutputTarget``), which suits the
   independent sigmoid outputs: the gradient of one class does not depend on the other classes.
 - :func:`write_cam_overlays`: one PNG per image (X-ray, heatmap, optional ground-truth boxes, probability).
-- :func:`write_cam_sheet`: a one-page grid (classes x top-K images) per model.
+- :func:`write_cam_sheet`: a one-page grid (classes x top-K images) per model. A zero or constant map (an
+  under-trained network, or a class nothing in the image raises) is drawn as a uniform tint; such panels say so and
+  the sheet's title counts them (:func:`flat_map_note`).
 - :func:`top_k_per_class`: the images a sheet shows (highest probability per class).
 
 Coordinates: maps have the model's input size (the evaluation crop). Boxes given to the writers must be in the same
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common.evaluation.plots import _save
+from common.evaluation.plots import _save, wrap_title
 from common.models import model_info
 
 matplotlib.use("Agg")  # files only; no display is needed or assumed
@@ -125,7 +127,23 @@ def _as_gray_array(image) -> np.ndarray:
     return array
 
 
-def _draw_panel(axis, image, heatmap, boxes: Optional[Sequence[Box]], title: str) -> None:
+# Maps whose spread is below this are drawn as a uniform tint; the panel says so instead of letting it pass for one.
+FLAT_MAP_SPREAD = 1e-6
+ZERO_MAP_NOTE = "zero map: nothing in the image\nraises this class"
+CONSTANT_MAP_NOTE = "constant map: no location\nstands out"
+
+
+def flat_map_note(heatmap) -> Optional[str]:
+    """:data:`ZERO_MAP_NOTE` for a map that is zero everywhere, :data:`CONSTANT_MAP_NOTE` for another constant map,
+    None for a map with something to show."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    if float(heatmap.max() - heatmap.min()) > FLAT_MAP_SPREAD:
+        return None
+    return ZERO_MAP_NOTE if float(np.abs(heatmap).max()) <= FLAT_MAP_SPREAD else CONSTANT_MAP_NOTE
+
+
+def _draw_panel(axis, image, heatmap, boxes: Optional[Sequence[Box]], title: str) -> bool:
+    """Draw one X-ray with its map; returns True when the map is zero or constant (and the panel says so)."""
     gray = _as_gray_array(image)
     if gray.shape != heatmap.shape:
         raise ValueError(f"image {gray.shape} and heatmap {heatmap.shape} differ in size; draw the map on the model's "
@@ -137,6 +155,11 @@ def _draw_panel(axis, image, heatmap, boxes: Optional[Sequence[Box]], title: str
         axis.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.5))
     axis.set_title(title, fontsize=8)
     axis.axis("off")
+    note = flat_map_note(heatmap)
+    if note:
+        axis.text(0.5, 0.5, note, transform=axis.transAxes, ha="center", va="center", fontsize=7,
+                  bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 2})
+    return note is not None
 
 
 def _safe_name(text: str) -> str:
@@ -209,6 +232,7 @@ def write_cam_sheet(path: str | os.PathLike, panels: Sequence[Sequence[CamPanel]
     # Constrained layout: a tall sheet would otherwise keep a fixed share of its height empty above the rows.
     figure, axes = plt.subplots(len(rows), columns, figsize=(2.3 * columns, 2.5 * len(rows)), squeeze=False,
                                 layout="constrained")
+    flat = 0
     for r, row in enumerate(rows):
         for c in range(columns):
             axis = axes[r][c]
@@ -216,10 +240,12 @@ def write_cam_sheet(path: str | os.PathLike, panels: Sequence[Sequence[CamPanel]
                 axis.axis("off")
                 continue
             panel = row[c]
-            _draw_panel(axis, panel.image, np.asarray(panel.heatmap), panel.boxes,
-                        f"{panel.class_name}\n{panel.name} p={panel.prob:.2f}")
-    if title:
-        figure.suptitle(title)
+            flat += _draw_panel(axis, panel.image, np.asarray(panel.heatmap), panel.boxes,
+                                f"{panel.class_name}\n{panel.name} p={panel.prob:.2f}")
+    total = sum(len(row) for row in rows)
+    count = (f"{flat} of {total} maps are zero or constant (nothing in those images raises the class)" if flat
+             else f"all {total} maps show where the class is raised")
+    figure.suptitle(wrap_title(f"{title}\n{count}" if title else count, 2.3 * columns, 10), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)

@@ -3,7 +3,8 @@
 - :func:`export_onnx`: eval mode, sigmoid included (the graph outputs probabilities), dynamic batch axis, traced
   with a batch of 2 (a batch of 1 can be specialised into the graph), TorchScript exporter (``dynamo=False``) where
   this PyTorch has the switch, then ``onnx.checker``. The evaluation preprocessing (image size, resize, mean, std)
-  and the class names are stored in the model's ``metadata_props``.
+  and the class names are stored in the model's ``metadata_props``. With OOD statistics the graph has a second output,
+  ``ood_score [N]`` (:mod:`common.inference.ood`), and the metadata its ``ood_threshold``.
 - :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
 - :class:`OnnxPredictor`: reads an exported file, applies the same evaluation view as ``common.data.transforms.build_transform``
   (resize the shorter side to ``round(s*256/224)`` with PIL bilinear, centre crop ``s``, scale to [0, 1],
@@ -36,7 +37,7 @@ def _resize_short_side(img_size: int) -> int:
 
 def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, model_name: str = "", class_names: Sequence[str] = CLASS_NAMES,
-                opset: int = OPSET) -> Path:
+                opset: int = OPSET, ood: dict | None = None) -> Path:
     """Export ``model`` (logits out) as an ONNX graph ``image [N, 3, s, s] -> probabilities [N, C]``.
 
     Args:
@@ -47,6 +48,9 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         model_name: registry name, stored in the metadata.
         class_names: output order, stored in the metadata.
         opset: ONNX opset.
+        ood: the checkpoint's OOD statistics (:mod:`common.inference.ood`), or None. When given, the graph has a
+            second output ``ood_score [N]`` (computed in the graph from the input and the pre-logits features) and
+            the metadata gains ``ood_threshold``, ``ood_percentile`` and ``ood_parts``.
 
     Returns:
         the path written. ``onnx.checker`` has validated it.
@@ -66,6 +70,18 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         def forward(self, image):
             return torch.sigmoid(self.network(image))
 
+    class WithSigmoidAndOod(torch.nn.Module):
+        """Probabilities and the OOD score, from one pass through the network's features."""
+
+        def __init__(self, network, score):
+            super().__init__()
+            self.network, self.score = network, score
+
+        def forward(self, image):
+            features = self.network.forward_features(image)
+            probabilities = torch.sigmoid(self.network.forward_head(features))
+            return probabilities, self.score(image, self.network.forward_head(features, pre_logits=True))
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -77,15 +93,24 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
         options["dynamo"] = False
     temporary = path.with_name(f".{path.name}.tmp")
+    outputs, wrapped = [OUTPUT_NAME], WithSigmoid(model)
+    if ood is not None:
+        from common.inference.ood import OOD_OUTPUT_NAME, check_ood_statistics, ood_score_module
+        check_ood_statistics(ood)
+        outputs = [OUTPUT_NAME, OOD_OUTPUT_NAME]
+        wrapped = WithSigmoidAndOod(model, ood_score_module(ood, img_size).to(device))
     try:
         with torch.no_grad():
-            torch.onnx.export(WithSigmoid(model), (example,), str(temporary), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **options)
+            torch.onnx.export(wrapped, (example,), str(temporary), input_names=[INPUT_NAME],
+                              output_names=outputs, opset_version=opset, do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **options)
         graph = onnx.load(str(temporary))
         info = {"model_name": model_name, "img_size": int(img_size), "resize": _resize_short_side(img_size),
                 "mean": [float(v) for v in mean], "std": [float(v) for v in std],
                 "class_names": list(class_names), "output": "sigmoid probabilities"}
+        if ood is not None:
+            info.update({"outputs": outputs, "ood_threshold": float(ood["threshold"]),
+                         "ood_percentile": float(ood["percentile"]), "ood_parts": list(ood["parts"])})
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(info)
         onnx.checker.check_model(graph, full_check=True)
@@ -147,6 +172,10 @@ class OnnxPredictor:
         self.mean = np.asarray(info["mean"], dtype=np.float32)
         self.std = np.asarray(info["std"], dtype=np.float32)
         self.class_names = list(info["class_names"])
+        # Files exported with OOD statistics have the second output and its threshold; older ones have neither.
+        self.ood_threshold = info.get("ood_threshold")
+        self.ood_percentile = info.get("ood_percentile")
+        self.has_ood = self.ood_threshold is not None and len(self.session.get_outputs()) > 1
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A PIL 'L' image -> normalised float32 ``[3, s, s]``, exactly as ``common.data.transforms.build_transform`` (eval).
@@ -180,3 +209,23 @@ class OnnxPredictor:
         outputs = [self.predict_array(np.stack([self.preprocess(image) for image in images[start:start + batch_size]]))
                    for start in range(0, len(images), batch_size)]
         return np.concatenate(outputs)
+
+    def predict_array_with_ood(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``[N, C]`` and OOD scores ``[N]`` (None for a file exported without OOD statistics)."""
+        if not self.has_ood:
+            return self.predict_array(batch), None
+        from common.inference.ood import OOD_OUTPUT_NAME
+        probabilities, scores = self.session.run([OUTPUT_NAME, OOD_OUTPUT_NAME],
+                                                 {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return probabilities, scores
+
+    def predict_with_ood(self, images: Sequence[Image.Image], batch_size: int = 16):
+        """Probabilities ``[N, C]`` and OOD scores ``[N]`` (None without OOD output) of PIL 'L' images."""
+        if not self.has_ood:
+            return self.predict(images, batch_size), None
+        if not len(images):
+            return np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        pairs = [self.predict_array_with_ood(np.stack([self.preprocess(image)
+                                                       for image in images[start:start + batch_size]]))
+                 for start in range(0, len(images), batch_size)]
+        return np.concatenate([p for p, _ in pairs]), np.concatenate([s for _, s in pairs])

@@ -152,6 +152,7 @@ class Predictions:
     paths: list[Path]
     probs: np.ndarray                                   # [N, C]
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, one-line reason)
+    ood_scores: np.ndarray | None = None                # [N] out-of-distribution scores (common.inference.ood)
 
     def image_names(self) -> list[str]:
         """The ``Image Index`` column: file names, or the paths as given when two files share a name."""
@@ -160,7 +161,7 @@ class Predictions:
 
 
 def predict_images(predictor, meta: dict, paths: Sequence[str | os.PathLike], batch_size: int = 16,
-                   warn=None) -> Predictions:
+                   warn=None, ood: dict | None = None) -> Predictions:
     """Probabilities of the 14 classes for each readable image.
 
     Args:
@@ -171,9 +172,12 @@ def predict_images(predictor, meta: dict, paths: Sequence[str | os.PathLike], ba
         paths: image files (see :func:`collect_images`).
         batch_size: images per forward pass.
         warn: called with one line per unreadable file; default prints ``warning: ...`` to stderr.
+        ood: the checkpoint's OOD statistics, for a PyTorch model (an OnnxPredictor computes the score in its graph
+            when it was exported with them).
 
     Returns:
-        :class:`Predictions`; unreadable files are in ``failed`` and absent from ``paths``/``probs``.
+        :class:`Predictions`; unreadable files are in ``failed`` and absent from ``paths``/``probs``; ``ood_scores``
+        is None without OOD statistics.
     """
     from common.inference.onnx import OnnxPredictor
 
@@ -187,37 +191,60 @@ def predict_images(predictor, meta: dict, paths: Sequence[str | os.PathLike], ba
             failed.append((path, str(err)))
             warn(f"{err}; skipped")
     if isinstance(predictor, OnnxPredictor):
-        probs = predictor.predict(images, batch_size=batch_size)
+        probs, scores = predictor.predict_with_ood(images, batch_size=batch_size)
     else:
-        probs = _predict_torch(predictor, meta, images, batch_size)
-    return Predictions(good, np.asarray(probs, dtype=np.float64).reshape(len(good), -1), failed)
+        probs, scores = _predict_torch(predictor, meta, images, batch_size, ood)
+    return Predictions(good, np.asarray(probs, dtype=np.float64).reshape(len(good), -1), failed,
+                       None if scores is None else np.asarray(scores, dtype=np.float64).reshape(len(good)))
 
 
-def _predict_torch(model, meta: dict, images, batch_size: int) -> np.ndarray:
+def _predict_torch(model, meta: dict, images, batch_size: int, ood: dict | None = None):
+    """Probabilities ``[N, C]`` and, with ``ood`` statistics, the OOD scores ``[N]`` of the same forward pass."""
     import torch
 
     from common.data.transforms import build_transform
+    from common.inference.ood import ood_score_module
 
     transform = build_transform(int(meta["img_size"]), meta["mean"], meta["std"], train=False)
     device = next(model.parameters()).device
+    score = None if ood is None else ood_score_module(ood, int(meta["img_size"])).to(device)
     was_training = model.training
     model.eval()
-    outputs = []
+    outputs, scores = [], []
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 batch = torch.stack([transform(image) for image in images[start:start + batch_size]]).to(device)
-                outputs.append(torch.sigmoid(model(batch).float()).cpu().numpy())
+                features = model.forward_features(batch)  # model(x) is forward_head(forward_features(x))
+                outputs.append(torch.sigmoid(model.forward_head(features).float()).cpu().numpy())
+                if score is not None:
+                    scores.append(score(batch, model.forward_head(features, pre_logits=True)).cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(CLASS_NAMES)))
+    probs = np.concatenate(outputs) if outputs else np.zeros((0, len(CLASS_NAMES)))
+    if score is None:
+        return probs, None
+    return probs, np.concatenate(scores) if scores else np.zeros(0)
 
 
-def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> str:
-    """``Image Index,prob_<Class>,...`` (jrzech/reproduce-chexnet's layout) with 6-decimal probabilities."""
-    lines = [",".join(["Image Index", *(f"prob_{c.replace(' ', '_')}" for c in class_names)])]
-    for name, row in zip(names, probs):
+def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
+                    ood_scores: Sequence[float] | None = None, ood_threshold: float | None = None) -> str:
+    """``Image Index,prob_<Class>,...`` (jrzech/reproduce-chexnet's layout) with 6-decimal probabilities; with OOD
+    scores two more columns at the end, ``ood_score`` and ``unlike_training_images`` (1 above the threshold), which
+    readers that take the class columns by name ignore."""
+    from common.inference.ood import ood_flags
+
+    header = ["Image Index", *(f"prob_{c.replace(' ', '_')}" for c in class_names)]
+    flags = None
+    if ood_scores is not None:
+        header += ["ood_score", "unlike_training_images"]
+        flags = ood_flags(ood_scores, ood_threshold)
+    lines = [",".join(header)]
+    for index, (name, row) in enumerate(zip(names, probs)):
         if "," in name or '"' in name:
             name = '"' + name.replace('"', '""') + '"'
-        lines.append(",".join([name, *(f"{float(p):.6f}" for p in row)]))
+        cells = [name, *(f"{float(p):.6f}" for p in row)]
+        if flags is not None:
+            cells += [f"{float(ood_scores[index]):.4f}", str(int(flags[index]))]
+        lines.append(",".join(cells))
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ def load_pretrained(model: nn.Module, model_name: str, source: Union[str, os.Pat
             - Cream ``S3-B.pth``, darmo ``autoformerv2_base.pt`` and the original's ``model5.pth`` (converted with
               timm's Swin ``checkpoint_filter_fn``);
             - timm's own files, with or without ``module.`` / ``_orig_mod.`` prefixes;
-            - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``).
+            - this project's checkpoints (``{'model': ..., 'model_name': ..., 'num_classes': ...}``) and model
+              folders (``predict.py --export-hub DIR``: ``model.safetensors`` and ``config.json``).
         trust: unpickle a file that asks for classes outside the published formats' allow-list (runs code from the
             file; ``--trust-checkpoint``). Without it such a file is refused naming the class.
         checkpoint: what :func:`read_weights_file` already read from ``source`` (saves reading it twice).
@@ -126,6 +127,10 @@ def read_weights_file(source: Union[str, os.PathLike], model_name: str | None = 
     path = imagenet_checkpoint_path(model_name) if str(source) == "imagenet" else Path(source)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        # A model folder (predict.py --export-hub): safetensors weights and a config.json, never a pickle.
+        from common.models.model_folder import read_model_folder
+        return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint is not a file: {path}")
     return read_checkpoint_file(path, published_formats=True, trust=trust, override=TRUST_FLAG)

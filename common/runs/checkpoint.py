@@ -41,10 +41,14 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU; a file that asks to
-    unpickle anything besides tensors and plain values is refused without running it
+    """Load one of this project's checkpoints (a dict with ``model`` and metadata) on the CPU, or a model folder
+    written by ``predict.py --export-hub`` (:func:`common.models.model_folder.read_model_folder`); a file that asks
+    to unpickle anything besides tensors and plain values is refused without running it
     (:func:`common.models.serialization.read_checkpoint_file`)."""
     path = Path(path)
+    if path.is_dir():
+        from common.models.model_folder import read_model_folder
+        return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights. Tensors

@@ -51,6 +51,10 @@ def weights_identity(source) -> dict | None:
         return None
     if str(source) == "imagenet":
         return {"source": "imagenet"}
+    if Path(source).is_dir():  # a model folder: its weights file is what the run starts from
+        from common.models.model_folder import WEIGHTS_NAME
+        return {"source": str(Path(source).resolve()), "sha256": file_sha256(Path(source) / WEIGHTS_NAME),
+                "format": "model folder"}
     return {"source": str(Path(source).resolve()), "sha256": file_sha256(source)}
 
 
