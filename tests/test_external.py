@@ -46,7 +46,55 @@ def test_bare_class_names_and_refusals(tmp_path):
     logits = _write(tmp_path / "logits.csv", ["Image Index", *CLASS_NAMES], names, probs + 2)
     with pytest.raises(UserError, match=r"logits.csv, line 2: .*\[0, 1\]"):
         read_predictions_csv(logits, names)
-    doubled = _write(tmp_path / "doubled.csv", ["Image Index", *CLASS_NAMES, "prob_Mass"], names,
+    doubled = _write(tmp_path / "doubled.csv", ["Image Index", *(f"prob_{c}" for c in CLASS_NAMES), "p_Mass"], names,
                      np.full((2, 15), 0.5))
-    with pytest.raises(UserError, match="2 columns for class Mass"):
+    with pytest.raises(UserError, match="2 probability columns for class Mass: prob_Mass, p_Mass"):
         read_predictions_csv(doubled, names)
+
+
+def _labels_and_probs(rows=20, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (rng.uniform(size=(rows, 14)) < 0.4).astype(int)
+    labels[0], labels[1] = 0, 1  # both values in every class
+    probs = np.round(rng.uniform(0.01, 0.99, size=(rows, 14)), 6)
+    return [f"{i:08d}_000.png" for i in range(rows)], labels, probs
+
+
+def test_labels_are_never_read_as_probabilities(tmp_path):
+    """Issue 15 §2: test-model.py's old file (p_<Class> beside bare <Class> labels) was read by its labels and scored
+    as a perfect model; a file with only labels, or a 0/1 probability column, was read as probabilities."""
+    names, labels, probs = _labels_and_probs()
+    legacy = tmp_path / "model1-test-predictions.csv"
+    header = ["Image Index", "Patient ID", *(f"p_{c}" for c in CLASS_NAMES), *CLASS_NAMES]
+    lines = [",".join(header)] + [",".join([n, "1", *(f"{p:.6f}" for p in prob), *map(str, label)])
+                                  for n, prob, label in zip(names, probs, labels)]
+    legacy.write_text("\n".join(lines) + "\n")
+    np.testing.assert_array_equal(read_predictions_csv(legacy, names), probs)
+    # prob_<Class> beside bare <Class> labels: the prob_ columns.
+    both = _write(tmp_path / "both.csv", ["Image Index", *(f"prob_{c}" for c in CLASS_NAMES), *CLASS_NAMES], names,
+                  np.hstack([probs, labels]))
+    np.testing.assert_array_equal(read_predictions_csv(both, names), probs)
+    # Bare class columns that hold labels: refused, naming the column.
+    only_labels = _write(tmp_path / "labels.csv", ["Image Index", *CLASS_NAMES], names, labels)
+    with pytest.raises(UserError, match=r"labels.csv: column 'Atelectasis' holds only 0 and 1 over 20 images"):
+        read_predictions_csv(only_labels, names)
+    # A prob_ column of hard 0/1 decisions: refused too.
+    hard = probs.copy()
+    hard[:, 4] = labels[:, 4]
+    decisions = _write(tmp_path / "hard.csv", ["Image Index", *(f"prob_{c}" for c in CLASS_NAMES)], names, hard)
+    with pytest.raises(UserError, match="column 'prob_Mass' holds only 0 and 1"):
+        read_predictions_csv(decisions, names)
+    # A confident model's 6-decimal column of zeros is not labels (no 1 in it): read.
+    confident = probs.copy()
+    confident[:, 13] = 0.0
+    zeros = _write(tmp_path / "zeros.csv", ["Image Index", *(f"prob_{c}" for c in CLASS_NAMES)], names, confident)
+    np.testing.assert_array_equal(read_predictions_csv(zeros, names), confident)
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheet programs save "CSV UTF-8" with a BOM; it used to be refused as having no 'Image Index' column."""
+    names, _, probs = _labels_and_probs(rows=3)
+    plain = _write(tmp_path / "plain.csv", ["Image Index", *(f"prob_{c}" for c in CLASS_NAMES)], names, probs)
+    marked = tmp_path / "excel.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    np.testing.assert_array_equal(read_predictions_csv(marked, names), probs)
