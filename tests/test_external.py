@@ -98,3 +98,52 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     marked = tmp_path / "excel.csv"
     marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
     np.testing.assert_array_equal(read_predictions_csv(marked, names), probs)
+
+
+def test_a_checkpoints_own_predictions_file_reproduces_its_report(synthetic, tmp_path, capsys, one_thread):
+    """Issue 15 §2 round trip: test-model.py's modelK-test-predictions.csv.gz scored with --predictions gives the
+    checkpoint's AUROC and F1 at 0.5 exactly (it used to read the label columns: a perfect 1.000), and the
+    comparison still reuses the file's logits."""
+    import json
+
+    import torch
+    from conftest import make_image_dependent
+
+    from common.commands import evaluate
+    from common.commands._cli import run_main
+    from common.constants import IMAGENET_MEAN, IMAGENET_STD
+    from common.data.images import load_png
+    from common.data.split_data import DataFlags
+    from common.data.transforms import build_transform
+    from common.evaluation.scoring import ScoringSettings, evaluate_checkpoint
+    from common.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("eeea_c2", img_size=32)
+    images = sorted((synthetic / "images").glob("*.png"))[:16]
+    transform = build_transform(32, IMAGENET_MEAN, IMAGENET_STD, train=False)
+    assert make_image_dependent(model, torch.stack([transform(load_png(p)) for p in images])) > 1e-3
+    split = ["--split", str(synthetic), "--label-file", str(synthetic / "Data_Entry_2017_v2020.csv")]
+    checkpoint = tmp_path / "model1.pth"
+    torch.save({"model": model.state_dict(), "model_name": "eeea_c2", "num_classes": 14, "img_size": 32,
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "epoch": 1,
+                "val_thresholds": [0.5] * 14,
+                "config": {"split": str(synthetic), "label_file": split[3], "data_dir": str(synthetic / "images"),
+                           "val_fraction": 0.1, "seed": 0}}, checkpoint)
+    flags = ["--workers", "0", "--device", "cpu", "--n-boot", "5", "--subgroup-boot", "2"]
+    assert run_main(evaluate.main, ["--checkpoint", str(checkpoint), *flags], model="eeea_c2", index=1) == 0
+    own = json.loads((tmp_path / "model1-test.json").read_text())
+    predictions = tmp_path / "model1-test-predictions.csv.gz"
+    assert run_main(evaluate.main, ["--predictions", str(predictions), *split, "--n-boot", "5", "--subgroup-boot",
+                                    "2"], model="eeea_c2", index=1) == 0
+    scored = json.loads((tmp_path / "model1-test-predictions.csv-test.json").read_text())
+    assert scored["auroc"] == own["auroc"] and scored["mean_auroc"] == own["mean_auroc"]
+    assert scored["mean_auroc"] < 0.9  # a random-weight model, not the labels
+    for metric in ("f1", "accuracy", "sensitivity", "specificity"):
+        assert scored["threshold_0.5"][metric] == own["threshold_0.5"][metric], metric
+    # The comparison's reuse reads the logit columns of the same file.
+    capsys.readouterr()
+    settings = ScoringSettings(device="cpu", n_boot=5, subgroup_boot=2, data=DataFlags(workers=0))
+    reused = evaluate_checkpoint(checkpoint, "eeea_c2", None, settings, reuse=True)
+    assert "reusing the test predictions of model1.pth" in capsys.readouterr().out
+    assert reused.report["auroc"] == own["auroc"]

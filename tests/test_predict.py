@@ -1,14 +1,12 @@
 """Predicting on a user's own files: PNG (grey, RGBA), JPEG and DICOM, folders, unreadable files, ONNX, CAMs."""
 import csv
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import make_image_dependent
+from conftest import make_image_dependent, write_decompression_bomb
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -213,22 +211,6 @@ def test_jpeg_ls_dicom_without_a_decoder_names_the_package(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Files that are damaged or odd (issue 16 §3), extension-less DICOM (issue 17 §5)
 # --------------------------------------------------------------------------------------------------------------------
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def write_decompression_bomb(path: Path, side: int = 20000) -> Path:
-    """A valid 1-bit grey PNG of side x side pixels (20000: 400 million, past twice Pillow's MAX_IMAGE_PIXELS), all
-    black, a few kB on disk."""
-    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
-                     + _png_chunk(b"IEND", b""))
-    return path
-
-
 def test_a_decompression_bomb_is_a_skipped_file(checkpoint, tmp_path, capsys):
     bomb = write_decompression_bomb(tmp_path / "00009999_000.png")
     assert bomb.stat().st_size < 200_000
