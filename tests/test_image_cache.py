@@ -391,6 +391,8 @@ def test_threads_and_workers_share_the_cores(capsys):
     # predict.py: decoding threads beside the model's own (a third of the cores).
     assert [choose_threads_and_workers(cores=n, kind="predict") for n in (1, 2, 3, 6, 16)] == \
         [(1, 0), (1, 1), (2, 1), (4, 2), (11, 5)]
+    assert [choose_threads_and_workers(cores=n, kind="predict_onnx") for n in (1, 2, 4, 16)] == \
+        [(1, 0), (1, 1), (2, 2), (8, 8)]
     assert choose_threads_and_workers(requested_workers=4, cores=8) == (4, 4)
     assert choose_threads_and_workers(requested_threads=3, cores=8) == (3, 5)
     assert choose_threads_and_workers(requested_workers=0, cores=4) == (4, 0)

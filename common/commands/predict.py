@@ -87,8 +87,8 @@ def get_args_parser(model_name: str, default: Path) -> ArgumentParser:
                         help="intra-op threads of the model, torch or onnxruntime (default: the cores the decoding "
                              "threads leave, printed at the start)")
     parser.add_argument("--workers", type=non_negative_int, default=None,
-                        help="image-decoding threads running ahead of the model (default: a third of the cores, at "
-                             "least 1; all but one with a CUDA --device)")
+                        help="image-decoding threads running ahead of the model (default: a third of the cores, half "
+                             "with --onnx, all but one with a CUDA --device; at least 1)")
     return parser
 
 
@@ -132,7 +132,7 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
         from common.inference.onnx import OnnxPredictor
 
         threads, decoders = choose_threads_and_workers(args.workers, args.threads, cores=available_cores(),
-                                                       kind="predict")
+                                                       kind="predict_onnx")
         predictor = OnnxPredictor(args.onnx, threads=threads)
         print(f"predicting with {args.onnx} ({predictor.model_name}) with onnxruntime on the CPU")
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 # What the loader workers do decides how many of them there should be.
-KINDS = ("decode", "read", "predict")
+KINDS = ("decode", "read", "predict", "predict_onnx")
 
 
 def choose_threads_and_workers(requested_workers: int | None = None, requested_threads: int | None = None,
@@ -24,10 +24,12 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
       per core but one, and the remaining core for the training process's threads;
     - ``kind="read"`` (cached with device augmentation: a worker only copies a batch out of the memory map):
       ``min(2, cores - 1)`` workers, and the other cores are threads of the training process, which now augments;
-    - ``kind="predict"`` (``predict.py`` on the CPU: the workers are decoding threads beside the model's forward
-      passes): ``max(1, cores // 3)`` workers and the rest threads; decoding and preprocessing a 1024 px PNG took
-      about a third of EEEA-Net-C2's forward pass at 224 px on one core (benchmarks/predict.py), and the larger
-      networks need more of the cores;
+    - ``kind="predict"`` (``predict.py`` with PyTorch on the CPU: the workers are decoding threads beside the
+      model's forward passes): ``max(1, cores // 3)`` workers and the rest threads. Decoding and preprocessing a
+      1024 px NIH PNG took 0.4 of EEEA-Net-C2's eager forward pass at 224 px per image on one core
+      (benchmarks/predict.py), and the larger networks' share is smaller still;
+    - ``kind="predict_onnx"`` (``predict.py --onnx``): ``max(1, cores // 2)`` workers, because onnxruntime runs
+      EEEA-Net-C2 3.7 times faster than eager PyTorch, so decoding is the larger half of the work;
     - when only one of the two is requested, the other takes the cores left (at least 1 thread, 0 workers).
 
     A requested value is kept as given, even if threads + workers exceed the cores (the line says so).
@@ -52,7 +54,8 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
     elif cores == 1:
         workers, threads = 0, 1
     else:
-        workers = {"decode": cores - 1, "read": min(2, cores - 1), "predict": max(1, cores // 3)}[kind]
+        workers = {"decode": cores - 1, "read": min(2, cores - 1), "predict": max(1, cores // 3),
+                   "predict_onnx": max(1, cores // 2)}[kind]
         threads = max(1, cores - workers)
     if announce:
         requested = [name for name, value in (("--workers", requested_workers), ("--threads", requested_threads))
