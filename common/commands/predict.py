@@ -79,6 +79,10 @@ def get_args_parser(model_name: str, default: Path) -> ArgumentParser:
     parser.add_argument("--export-onnx", default=None, metavar="FILE",
                         help="export the checkpoint to this ONNX file (its metadata carries the preprocessing, the "
                              "class names and the validation thresholds)")
+    parser.add_argument("--onnx-exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                        help="exporter of --export-onnx: torch's TorchScript one (opset 17) or its torch.export-based "
+                             "one (opset 18; needs pip install onnxscript; 5-20x slower to export) (default: "
+                             "torchscript)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     parser.add_argument("--device", default="cpu",
                         help="where the PyTorch model runs: cpu, auto (CUDA if available), cuda or cuda:N "
@@ -153,7 +157,8 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
     if args.export_onnx:
         from common.inference.onnx import export_onnx
 
-        path = export_onnx(model, predictor.img_size, args.export_onnx, metadata=predictor.metadata)
+        path = export_onnx(model, predictor.img_size, args.export_onnx, metadata=predictor.metadata,
+                           exporter=args.onnx_exporter)
         print(f"exported {args.checkpoint} to {path} (metadata: preprocessing, class names, validation thresholds)")
     if not paths:
         return 0

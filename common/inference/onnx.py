@@ -1,8 +1,9 @@
 """ONNX export of the project's networks and an on-device predictor that needs only numpy, Pillow and onnxruntime.
 
 - :func:`export_onnx`: eval mode, sigmoid included (the graph outputs probabilities), dynamic batch axis, traced
-  with a batch of 2 (a batch of 1 can be specialised into the graph), TorchScript exporter (``dynamo=False``; why
-  not the dynamo exporter: docs/guide/predictions.md, "ONNX export"), then ``onnx.checker``. The model's metadata
+  with a batch of 2 (a batch of 1 can be specialised into the graph), then ``onnx.checker``. Two exporters: the
+  TorchScript one (``dynamo=False``, opset 17, the default) and torch's ``torch.export``-based one (``dynamo=True``,
+  opset 18, needs onnxscript); why the default is still the first: docs/guide/predictions.md §6. The model's metadata
   dict (:mod:`common.inference.metadata`: preprocessing, class names, validation thresholds, and whatever a caller
   adds) is stored as JSON in the file's ``metadata_props`` under :data:`METADATA_KEY`.
 - :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
@@ -12,6 +13,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -29,13 +32,17 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 # Opset 17 is supported by every onnxruntime >= 1.14 and by the TorchScript exporter of torch 2.1 and later.
 OPSET = 17
+# The dynamo exporter has no implementations below opset 18 (asked for 17, it converts and fails on Squeeze/Unsqueeze).
+DYNAMO_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "METADATA_KEY", "export_onnx", "check_onnx", "OnnxPredictor"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "EXPORTERS", "METADATA_KEY", "export_onnx", "check_onnx",
+           "OnnxPredictor"]
 
 
 def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, model_name: str = "", class_names: Sequence[str] = CLASS_NAMES,
-                opset: int = OPSET, metadata: dict | None = None) -> Path:
+                opset: int = OPSET, metadata: dict | None = None, exporter: str = "torchscript") -> Path:
     """Export ``model`` (logits out) as an ONNX graph ``image [N, 3, s, s] -> probabilities [N, C]``.
 
     Args:
@@ -43,9 +50,12 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         img_size: the input side ``s`` (the checkpoint's ``img_size``).
         path: the ``.onnx`` file to write (the folder is created; written atomically).
         mean, std, model_name, class_names: used to build the metadata when ``metadata`` is not given.
-        opset: ONNX opset.
-        metadata: the model's metadata dict (:func:`common.inference.metadata.checkpoint_metadata`), stored as it is
-            after checking; its ``img_size`` must equal ``img_size``.
+        opset: ONNX opset (the dynamo exporter: at least :data:`DYNAMO_OPSET`).
+        metadata: the model's metadata dict (:func:`common.inference.metadata.checkpoint_metadata`), stored after
+            checking, with ``exporter`` and ``opset`` added; its ``img_size`` must equal ``img_size``.
+        exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``) or ``"dynamo"`` (``dynamo=True``; needs
+            the onnxscript package; its onnxscript optimiser runs). Both agree with PyTorch to 2e-6 on the five
+            networks (docs/guide/predictions.md §6).
 
     Returns:
         the path written. ``onnx.checker`` has validated it.
@@ -65,6 +75,8 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         def forward(self, image):
             return torch.sigmoid(self.network(image))
 
+    if exporter not in EXPORTERS:
+        raise UserError(f"ONNX exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     info = metadata if metadata is not None else model_metadata(model_name, img_size, mean, std, class_names)
     info = check_metadata(dict(info), "the metadata to export")
     if info["img_size"] != int(img_size):
@@ -75,17 +87,27 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
     model.eval()
     device = next(model.parameters()).device
     example = torch.zeros(2, 3, img_size, img_size, device=device)
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it, and the dynamo exporter needs
-        # onnxscript, which this project does not install (measured: docs/guide/predictions.md, "ONNX export").
-        options["dynamo"] = False
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter's dependency; torch does not install it)
+        except ImportError:
+            raise UserError("the dynamo ONNX exporter needs the onnxscript package: pip install onnxscript") from None
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            raise UserError(f"the dynamo ONNX exporter needs torch >= 2.5 (this is {torch.__version__})")
+        opset = max(opset, DYNAMO_OPSET)
+        options = {"dynamo": True, "optimize": True, "dynamic_shapes": {INPUT_NAME: {0: torch.export.Dim("batch")}}}
+    else:
+        options = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            # torch >= 2.5 defaults to the dynamo exporter; this one needs no torch.export and no onnxscript.
+            options["dynamo"] = False
+    info = {**info, "exporter": exporter, "opset": int(opset)}
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with torch.no_grad():
+        # The dynamo exporter prints its progress ("[torch.onnx] Obtain model graph ...") to stdout.
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(WithSigmoid(model), (example,), str(temporary), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **options)
+                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True, **options)
         graph = onnx.load(str(temporary))
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(info)
