@@ -65,8 +65,8 @@ def _output_range(dataset) -> tuple[float, float]:
     if dataset.get("ModalityLUTSequence"):
         bits = int(dataset.ModalityLUTSequence[0].LUTDescriptor[2])
         return 0.0, float(2 ** bits - 1)
-    bits = int(dataset.BitsStored)
-    if int(getattr(dataset, "PixelRepresentation", 0)) == 0:
+    bits = int(dataset.get("BitsStored") or dataset.get("BitsAllocated") or 8)
+    if int(dataset.get("PixelRepresentation") or 0) == 0:
         low, high = 0.0, float(2 ** bits - 1)
     else:
         low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
