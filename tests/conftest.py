@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic CXR8 data set, generated once per test session."""
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,19 @@ def make_image_dependent(model, batch) -> float:
         model(batch)
         model.eval()
         return torch.sigmoid(model(batch)).std(dim=0).max().item()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def write_decompression_bomb(path: Path, side: int = 20000) -> Path:
+    """A valid 1-bit grey PNG of side x side pixels (20000: 400 million, past twice Pillow's MAX_IMAGE_PIXELS), all
+    black, a few kB on disk."""
+    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+    return path

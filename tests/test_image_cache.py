@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_decompression_bomb
 from PIL import Image
 
 from common.commands import image_cache as image_cache_command
@@ -245,13 +246,15 @@ def test_every_bad_png_is_listed_and_fixing_them_finishes_the_build(tmp_path, ca
            "00000700_000.png": b"this is not a png file"}
     for name, content in bad.items():
         (folder / name).write_bytes(content)
+    # A decompression bomb (20000 x 20000 px) is an unreadable file like the others, not a crash of the build.
+    bad["00000800_000.png"] = write_decompression_bomb(folder / "00000800_000.png").read_bytes()
     names = good + list(bad)
     out = tmp_path / "cache"
     with pytest.raises(UserError) as caught:
         build_image_cache(folder, names, out, size=32, workers=2, chunk_size=2)
     message = str(caught.value)
-    assert message.startswith("3 of 7 image(s) cannot be decoded") and "\n" not in message
-    for name in ("00000500_000.png", "00000600_000.png", "00000700_000.png"):
+    assert message.startswith("4 of 8 image(s) cannot be decoded") and "\n" not in message
+    for name in ("00000500_000.png", "00000600_000.png", "00000700_000.png"):  # the first three are named
         assert name in message
     with pytest.raises(UserError, match="unfinished"):
         open_image_cache(out)
@@ -385,6 +388,11 @@ def test_threads_and_workers_share_the_cores(capsys):
     assert choose_threads_and_workers(cores=16) == (1, 15)
     assert choose_threads_and_workers(cores=16, kind="read") == (14, 2)
     assert choose_threads_and_workers(cores=2, kind="read") == (1, 1)
+    # predict.py: decoding threads beside the model's own (a third of the cores).
+    assert [choose_threads_and_workers(cores=n, kind="predict") for n in (1, 2, 3, 6, 16)] == \
+        [(1, 0), (1, 1), (2, 1), (4, 2), (11, 5)]
+    assert [choose_threads_and_workers(cores=n, kind="predict_onnx") for n in (1, 2, 4, 16)] == \
+        [(1, 0), (1, 1), (2, 2), (8, 8)]
     assert choose_threads_and_workers(requested_workers=4, cores=8) == (4, 4)
     assert choose_threads_and_workers(requested_threads=3, cores=8) == (3, 5)
     assert choose_threads_and_workers(requested_workers=0, cores=4) == (4, 0)

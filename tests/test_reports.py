@@ -162,6 +162,12 @@ def test_para_test_prints_the_onnxruntime_latency_last(capsys, one_thread):
     assert lines[-2].startswith("Median latency of one 32x32 image on cpu")
     assert lines[-1].startswith("Median latency of one 32x32 image with onnxruntime on cpu") and \
         lines[-1].endswith(" ms")
+    # Issue 20: each CPU latency says how many threads it used.
+    para_test_main(["--img-size", "32", "--repeats", "1", "--device", "cpu", "--quiet-thop", "--threads", "1"],
+                   model_name="eeea_c2")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "(14-class head, 1 torch thread(s), median of 1 runs)" in lines[-2]
+    assert "exported ONNX, 1 onnxruntime thread(s), median of 1 runs" in lines[-1]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -60,11 +60,21 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
                         help="device for the latency (default: cpu, and also cuda when available)")
     parser.add_argument("--repeats", type=positive_int, default=20,
                         help="timed forward passes per device; the median is printed (default 20)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="intra-op threads of the CPU latencies, torch and onnxruntime alike (default: one per "
+                             "core this process may use; printed in each latency line)")
     parser.add_argument("--quiet-thop", action="store_true", help="hide thop's [INFO] Register lines")
     args = parser.parse_args(argv)
     # Imported after parsing: --help (and a bad flag) answer without loading torch.
+    import torch
+
     from common.models import check_img_size, create_model, model_info
     from common.models.profile import count_parameters, macs, median_latency_ms, onnx_latency_ms, thop_total
+    from common.runtime.threads import available_cores
+    # The thread rule with no loader: every core is the model's, unless --threads says otherwise. A latency is only
+    # comparable at a stated thread count, so each line says it.
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
     info = model_info(model_name)
     check_img_size(model_name, args.img_size)
     devices = _latency_devices(args.device)
@@ -112,8 +122,9 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     for device in devices:
         # A few untimed runs first (cuDNN autotuning, allocator warm-up); never more than the timed ones.
         latency = median_latency_ms(model, size, device, repeats=args.repeats, warmup=min(3, args.repeats))
-        print(f"Median latency of one {size}x{size} image on {device} ({NUM_CLASSES}-class head, "
+        used = f"{torch.get_num_threads()} torch thread(s), " if device.type == "cpu" else ""
+        print(f"Median latency of one {size}x{size} image on {device} ({NUM_CLASSES}-class head, {used}"
               f"median of {args.repeats} runs): {latency:.2f} ms")
-    latency = onnx_latency_ms(model, size, repeats=args.repeats, warmup=min(3, args.repeats))
+    latency = onnx_latency_ms(model, size, repeats=args.repeats, warmup=min(3, args.repeats), threads=threads)
     print(f"Median latency of one {size}x{size} image with onnxruntime on cpu ({NUM_CLASSES}-class head, "
-          f"exported ONNX, median of {args.repeats} runs): {latency:.2f} ms")
+          f"exported ONNX, {threads} onnxruntime thread(s), median of {args.repeats} runs): {latency:.2f} ms")

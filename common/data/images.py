@@ -78,20 +78,39 @@ def eval_resize(img_size: int) -> int:
     return int(round(img_size * 256 / 224))
 
 
-def to_grayscale(image: Image.Image) -> Image.Image:
-    """Convert any NIH PNG (8-bit L, 16-bit I;16/I, RGB, RGBA, LA, P) to 8-bit grayscale ``L``.
+# The pixel rule (docs/guide/predictions.md, "Pixels"): every format becomes the same 8-bit grey image, scaled by
+# the bit depth the file actually stores, never stretched to the image's own [min, max]. An 8-bit PNG, the same
+# pixels as a 16-bit PNG (x * 257) and as a DICOM therefore give the same model input.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+SIXTEEN_BIT_MAX = 65535
 
-    16-bit images are stretched from their own [min, max] range to 0..255 (a 12-bit image stays visible).
+
+def scale_to_uint8(values: np.ndarray, full_scale: int) -> np.ndarray:
+    """Integers in ``[0, full_scale]`` -> 0..255, rounded to nearest (``full_scale`` is ``2**bits - 1`` of the
+    stored bit depth). Integer arithmetic, so ``x * 257`` of a 16-bit image gives back ``x`` exactly."""
+    values = np.asarray(values, dtype=np.int64)
+    return ((values * 255 + full_scale // 2) // full_scale).astype(np.uint8)
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Convert any NIH PNG (8-bit L, 16-bit I;16/I, RGB, RGBA, LA, P) or JPEG to 8-bit grayscale ``L``.
+
+    16-bit images are divided by their bit depth (0..65535 -> 0..255; PNG stores every sample scaled to the full
+    depth, its optional sBIT chunk notwithstanding), so a 16-bit copy of an 8-bit image (``x * 257``) reads back as
+    the 8-bit image. A 16-bit file holding unscaled 12-bit values reads as a dark image: rescale such a file to the
+    full 16 bits first. 32-bit integer images (Pillow's ``I``) are read as 16-bit when their values fit; floating-point
+    images have no stored bit depth and are refused.
     """
     if image.mode == "L":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit containers often hold 10-, 12- or 14-bit data: dividing by 65535 would leave a 12-bit X-ray
-        # nearly black. Stretch the values the image really uses, [min, max], to 0..255.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        array = np.asarray(image)
+        if image.mode == "I" and array.size and (int(array.min()) < 0 or int(array.max()) > SIXTEEN_BIT_MAX):
+            raise ValueError(f"32-bit integer pixels from {int(array.min())} to {int(array.max())} do not fit 16 "
+                             "bits; save the image as an 8- or 16-bit PNG")
+        return Image.fromarray(scale_to_uint8(array, SIXTEEN_BIT_MAX), mode="L")
+    if image.mode == "F":
+        raise ValueError("floating-point pixels have no stored bit depth; save the image as an 8- or 16-bit PNG")
     if image.mode in ("RGBA", "LA", "PA"):
         # The few RGBA NIH files are opaque grey images; drop alpha before taking the luminance.
         image = image.convert("RGB")
@@ -99,11 +118,44 @@ def to_grayscale(image: Image.Image) -> Image.Image:
 
 
 def load_png(path: Path) -> Image.Image:
-    """Open one image file (PNG, or any format Pillow reads) as 8-bit grayscale; an unreadable file is a
-    :class:`UserError` naming it."""
+    """Open one image file (PNG, or any format Pillow reads) as 8-bit grayscale (:func:`to_grayscale`).
+
+    This is the one reader of training images, the image cache build and prediction. Any file it cannot decode is a
+    :class:`UserError` naming it, a decompression bomb (more pixels than Pillow's ``MAX_IMAGE_PIXELS`` limit allows,
+    ``Image.DecompressionBombError``) included: callers skip or report it like any other unreadable file.
+    """
     try:
         with Image.open(path) as handle:
             handle.load()
             return to_grayscale(handle)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        # DecompressionBombError is refused from the header, before decoding (a 20000 x 20000 PNG would need 400 MB
+        # as 8-bit grey); it is not an OSError, hence named here.
         raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def eval_view(image: Image.Image, img_size: int, mean, std, resize: int | None = None) -> np.ndarray:
+    """A grey 'L' image -> the normalised float32 ``[3, s, s]`` evaluation input, exactly as
+    ``common.data.transforms.build_transform(s, mean, std, train=False)`` gives it (a test checks equality), with
+    numpy and Pillow only.
+
+    Resize the shorter side to ``resize`` (default :func:`eval_resize`), the longer to ``int(resize * long / short)``
+    (torchvision's rule), PIL bilinear; centre crop at offsets ``int(round((size - s) / 2))``; ``/ 255``;
+    ``(x - mean) / std`` per channel, the grey image copied into the three channels.
+    """
+    if image.mode != "L":
+        raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see to_grayscale)")
+    resize = eval_resize(img_size) if resize is None else int(resize)
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(resize * long / short)
+    size = (resize, resized_long) if width <= height else (resized_long, resize)
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    left = int(round((size[0] - img_size) / 2.0))
+    top = int(round((size[1] - img_size) / 2.0))
+    crop = np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.float32)
+    crop = crop / np.float32(255.0)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    return (crop[None, :, :] - mean[:, None, None]) / std[:, None, None]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from common.evaluation.subgroups import (
     read_demographics,
     subgroup_aurocs,
 )
+from common.inference.prediction_files import IMAGE_COLUMN, format_predictions, logit_column
 from common.runs.checkpoint import load_model_from_checkpoint
 from common.runs.identity import check_unseen_patients, run_identity, split_identity
 from common.runtime.device import amp_dtype_for, precision_name, resolve_device
@@ -177,8 +177,8 @@ def reusable_logits(checkpoint_path: Path, identity: dict, names) -> np.ndarray 
         return None
     with gzip.open(predictions_path, "rt", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    columns = [f"logit_{name}" for name in CLASS_NAMES]
-    if [row["Image Index"] for row in rows] != list(names) or not rows or columns[0] not in rows[0]:
+    columns = [logit_column(name) for name in CLASS_NAMES]
+    if [row[IMAGE_COLUMN] for row in rows] != list(names) or not rows or columns[0] not in rows[0]:
         return None
     return np.asarray([[float(row[column]) for column in columns] for row in rows], dtype=np.float32)
 
@@ -338,18 +338,13 @@ def write_results(result: TestResult) -> dict:
         paths["reliability"] = Path(f"{stem}-test-reliability.png")
     write_text_atomic(json.dumps(result.report, indent=2), paths["json"])
     write_text_atomic(_per_class_csv(result.report), paths["csv"])
-    table = io.StringIO()
-    writer = csv.writer(table)
-    # The float32 logits go last, written exactly (9 significant digits), so the comparison can reuse them.
-    logit_columns = [f"logit_{c}" for c in CLASS_NAMES] if result.logits is not None else []
-    writer.writerow(["Image Index", "Patient ID", *[f"p_{c}" for c in CLASS_NAMES], *CLASS_NAMES, *logit_columns])
-    logits = result.logits if result.logits is not None else [()] * len(result.names)
-    for name, patient, prob, target, logit in zip(result.names, result.patient_ids, result.probs, result.targets,
-                                                  logits):
-        writer.writerow([name, patient, *[f"{p:.6f}" for p in prob], *target.tolist(),
-                         *[f"{value:.9g}" for value in logit]])
+    # The project's one predictions layout (common.inference.prediction_files): Image Index, Patient ID,
+    # prob_<Class> written exactly (scoring this file with --predictions reproduces this report), label_<Class>, and
+    # the float32 logits last, exactly, so the comparison can reuse them.
+    text = format_predictions(result.names, result.probs, CLASS_NAMES, decimals=None, patient_ids=result.patient_ids,
+                              labels=np.asarray(result.targets), logits=result.logits)
     # mtime=0: the same predictions give the same bytes; written atomically like every result file.
-    save_bytes_atomic(gzip.compress(table.getvalue().encode(), mtime=0), paths["predictions"])
+    save_bytes_atomic(gzip.compress(text.encode(), mtime=0), paths["predictions"])
     plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],
                     paths["roc"], f"{result.model_name}: {result.report['split']} {result.report['part']}, "
                                   f"labels {result.report['label_file']}")

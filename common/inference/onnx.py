@@ -1,17 +1,22 @@
 """ONNX export of the project's networks and an on-device predictor that needs only numpy, Pillow and onnxruntime.
 
 - :func:`export_onnx`: eval mode, sigmoid included (the graph outputs probabilities), dynamic batch axis, traced
-  with a batch of 2 (a batch of 1 can be specialised into the graph), TorchScript exporter (``dynamo=False``) where
-  this PyTorch has the switch, then ``onnx.checker``. The evaluation preprocessing (image size, resize, mean, std)
-  and the class names are stored in the model's ``metadata_props``. With OOD statistics the graph has a second output,
-  ``ood_score [N]`` (:mod:`common.inference.ood`), and the metadata its ``ood_threshold``.
+  with a batch of 2 (a batch of 1 can be specialised into the graph), then ``onnx.checker``. Two exporters: the
+  TorchScript one (``dynamo=False``, opset 17, the default) and torch's ``torch.export``-based one (``dynamo=True``,
+  opset 18, needs onnxscript); why the default is still the first: docs/guide/predictions.md §6. The model's metadata
+  dict (:mod:`common.inference.metadata`: preprocessing, class names, validation thresholds, and whatever a caller
+  adds) is stored as JSON in the file's ``metadata_props`` under :data:`METADATA_KEY`.
+  With OOD statistics the graph has a second output, ``ood_score [N]`` (:mod:`common.inference.ood`),
+  and the metadata its ``ood_threshold``.
 - :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
-- :class:`OnnxPredictor`: reads an exported file, applies the same evaluation view as ``common.data.transforms.build_transform``
-  (resize the shorter side to ``round(s*256/224)`` with PIL bilinear, centre crop ``s``, scale to [0, 1],
-  normalise) and returns probabilities. Importing this module and using the predictor does not import torch.
+- :class:`OnnxPredictor`: reads an exported file, checks its metadata against the graph, applies the evaluation view
+  (:func:`common.data.images.eval_view`, equal to ``common.data.transforms.build_transform``'s) and returns
+  probabilities. Importing this module and using the predictor does not import torch.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -21,33 +26,39 @@ import numpy as np
 from PIL import Image
 
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from common.data.images import eval_view
 from common.errors import UserError
+from common.inference.metadata import METADATA_KEY, check_metadata, model_metadata
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 # Opset 17 is supported by every onnxruntime >= 1.14 and by the TorchScript exporter of torch 2.1 and later.
 OPSET = 17
-METADATA_KEY = "dtforcxr8"
+# The dynamo exporter has no implementations below opset 18 (asked for 17, it converts and fails on Squeeze/Unsqueeze).
+DYNAMO_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
 
-
-def _resize_short_side(img_size: int) -> int:
-    # Same rule as common.data.images.eval_resize; repeated here so this module does not import torch.
-    return int(round(img_size * 256 / 224))
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "EXPORTERS", "METADATA_KEY", "export_onnx", "check_onnx",
+           "OnnxPredictor"]
 
 
 def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD, model_name: str = "", class_names: Sequence[str] = CLASS_NAMES,
-                opset: int = OPSET, ood: dict | None = None) -> Path:
+                opset: int = OPSET, metadata: dict | None = None, exporter: str = "torchscript",
+                ood: dict | None = None) -> Path:
     """Export ``model`` (logits out) as an ONNX graph ``image [N, 3, s, s] -> probabilities [N, C]``.
 
     Args:
         model: a network of this project; it is exported in eval mode and its previous mode restored.
         img_size: the input side ``s`` (the checkpoint's ``img_size``).
-        path: the ``.onnx`` file to write (the folder is created).
-        mean, std: the checkpoint's normalisation, stored in the metadata for :class:`OnnxPredictor`.
-        model_name: registry name, stored in the metadata.
-        class_names: output order, stored in the metadata.
-        opset: ONNX opset.
+        path: the ``.onnx`` file to write (the folder is created; written atomically).
+        mean, std, model_name, class_names: used to build the metadata when ``metadata`` is not given.
+        opset: ONNX opset (the dynamo exporter: at least :data:`DYNAMO_OPSET`).
+        metadata: the model's metadata dict (:func:`common.inference.metadata.checkpoint_metadata`), stored after
+            checking, with ``exporter`` and ``opset`` added; its ``img_size`` must equal ``img_size``.
+        exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``) or ``"dynamo"`` (``dynamo=True``; needs
+            the onnxscript package; its onnxscript optimiser runs). Both agree with PyTorch to 2e-6 on the five
+            networks (docs/guide/predictions.md §6).
         ood: the checkpoint's OOD statistics (:mod:`common.inference.ood`), or None. When given, the graph has a
             second output ``ood_score [N]`` (computed in the graph from the input and the pre-logits features) and
             the metadata gains ``ood_threshold``, ``ood_percentile`` and ``ood_parts``.
@@ -82,16 +93,33 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
             probabilities = torch.sigmoid(self.network.forward_head(features))
             return probabilities, self.score(image, self.network.forward_head(features, pre_logits=True))
 
+    if exporter not in EXPORTERS:
+        raise UserError(f"ONNX exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    info = metadata if metadata is not None else model_metadata(model_name, img_size, mean, std, class_names)
+    info = check_metadata(dict(info), "the metadata to export")
+    if info["img_size"] != int(img_size):
+        raise ValueError(f"metadata img_size {info['img_size']} differs from the exported img_size {img_size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     example = torch.zeros(2, 3, img_size, img_size, device=device)
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
-        options["dynamo"] = False
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter's dependency; torch does not install it)
+        except ImportError:
+            raise UserError("the dynamo ONNX exporter needs the onnxscript package: pip install onnxscript") from None
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            raise UserError(f"the dynamo ONNX exporter needs torch >= 2.5 (this is {torch.__version__})")
+        opset = max(opset, DYNAMO_OPSET)
+        options = {"dynamo": True, "optimize": True, "dynamic_shapes": {INPUT_NAME: {0: torch.export.Dim("batch")}}}
+    else:
+        options = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            # torch >= 2.5 defaults to the dynamo exporter; this one needs no torch.export and no onnxscript.
+            options["dynamo"] = False
+    info = {**info, "exporter": exporter, "opset": int(opset)}
     temporary = path.with_name(f".{path.name}.tmp")
     outputs, wrapped = [OUTPUT_NAME], WithSigmoid(model)
     if ood is not None:
@@ -99,15 +127,14 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         check_ood_statistics(ood)
         outputs = [OUTPUT_NAME, OOD_OUTPUT_NAME]
         wrapped = WithSigmoidAndOod(model, ood_score_module(ood, img_size).to(device))
+        if "dynamic_axes" in options:
+            options["dynamic_axes"][OOD_OUTPUT_NAME] = {0: "batch"}
     try:
-        with torch.no_grad():
-            torch.onnx.export(wrapped, (example,), str(temporary), input_names=[INPUT_NAME],
-                              output_names=outputs, opset_version=opset, do_constant_folding=True,
-                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **options)
+        # The dynamo exporter prints its progress ("[torch.onnx] Obtain model graph ...") to stdout.
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(wrapped, (example,), str(temporary), input_names=[INPUT_NAME], output_names=outputs,
+                              opset_version=opset, do_constant_folding=True, **options)
         graph = onnx.load(str(temporary))
-        info = {"model_name": model_name, "img_size": int(img_size), "resize": _resize_short_side(img_size),
-                "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                "class_names": list(class_names), "output": "sigmoid probabilities"}
         if ood is not None:
             info.update({"outputs": outputs, "ood_threshold": float(ood["threshold"]),
                          "ood_percentile": float(ood["percentile"]), "ood_parts": list(ood["parts"])})
@@ -144,28 +171,52 @@ def check_onnx(path: str | os.PathLike, model, images) -> float:
     return float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
 
 
+def _static(dim) -> int | None:
+    """A graph dimension's fixed size, or None for a symbolic one ("batch")."""
+    return dim if isinstance(dim, int) else None
+
+
 class OnnxPredictor:
     """Run an exported model with onnxruntime on the CPU, preprocessing with numpy and Pillow only.
 
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads (default: onnxruntime's own choice, one per core).
+
     Attributes:
-        path, model_name, img_size, resize, mean, std, class_names: from the file's metadata.
+        metadata: the file's metadata dict (:mod:`common.inference.metadata`), checked against the graph.
+        path, model_name, img_size, resize, mean, std, class_names: from the metadata.
+        val_thresholds: ``[C]`` float64 validation thresholds, or None when the file has none.
+        threads: the intra-op thread count asked for (None: onnxruntime's default).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime
 
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"ONNX file {self.path} does not exist")
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options,
+                                                        providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for any unreadable or invalid file.
             raise UserError(f"cannot load ONNX model {self.path}: {str(err).splitlines()[0]}") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise UserError(f"{self.path} has no {METADATA_KEY!r} metadata (preprocessing unknown); export it with "
                             "common.inference.onnx.export_onnx or predict.py --export-onnx")
-        info = json.loads(raw)
+        try:
+            info = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{self.path}: the {METADATA_KEY!r} metadata is not JSON ({err.msg} at character "
+                            f"{err.pos})") from None
+        self.metadata = check_metadata(info, f"the {METADATA_KEY!r} metadata of {self.path}")
+        self._check_graph()
         self.model_name = info["model_name"]
         self.img_size = int(info["img_size"])
         self.resize = int(info["resize"])
@@ -176,26 +227,37 @@ class OnnxPredictor:
         self.ood_threshold = info.get("ood_threshold")
         self.ood_percentile = info.get("ood_percentile")
         self.has_ood = self.ood_threshold is not None and len(self.session.get_outputs()) > 1
+        thresholds = info.get("val_thresholds")
+        self.val_thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+
+    def _check_graph(self) -> None:
+        """The metadata must describe this graph: input ``image [N, 3, s, s]``, output ``probabilities [N, C]``."""
+        info = self.metadata
+        inputs = {node.name: node.shape for node in self.session.get_inputs()}
+        outputs = {node.name: node.shape for node in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise UserError(f"{self.path} is not a graph {INPUT_NAME} -> {OUTPUT_NAME} (inputs: "
+                            f"{', '.join(inputs)}; outputs: {', '.join(outputs)}); export it with predict.py "
+                            "--export-onnx")
+        shape = inputs[INPUT_NAME]
+        expected = (None, 3, info["img_size"], info["img_size"])
+        if len(shape) != 4 or any(_static(got) not in (None, want) for got, want in zip(shape[1:], expected[1:])):
+            raise UserError(f"{self.path}: the metadata says input [N, 3, {info['img_size']}, {info['img_size']}], "
+                            f"the graph takes {shape}")
+        shape = outputs[OUTPUT_NAME]
+        classes = len(info["class_names"])
+        if len(shape) != 2 or _static(shape[1]) not in (None, classes):
+            raise UserError(f"{self.path}: the metadata names {classes} classes, the graph outputs {shape}")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """A PIL 'L' image -> normalised float32 ``[3, s, s]``, exactly as ``common.data.transforms.build_transform`` (eval).
+        """A PIL 'L' image -> normalised float32 ``[3, s, s]`` (:func:`common.data.images.eval_view`)."""
+        return eval_view(image, self.img_size, self.mean, self.std, resize=self.resize)
 
-        Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
-        bilinear; centre crop with offsets ``int(round((size - s) / 2))``; ``/ 255``; ``(x - mean) / std``.
-        """
-        if image.mode != "L":
-            raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        resized_long = int(self.resize * long / short)
-        size = (self.resize, resized_long) if width <= height else (resized_long, self.resize)
-        if size != image.size:
-            image = image.resize(size, Image.BILINEAR)
-        left = int(round((size[0] - self.img_size) / 2.0))
-        top = int(round((size[1] - self.img_size) / 2.0))
-        crop = np.asarray(image.crop((left, top, left + self.img_size, top + self.img_size)), dtype=np.float32)
-        crop = crop / np.float32(255.0)
-        return (crop[None, :, :] - self.mean[:, None, None]) / self.std[:, None, None]
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph, by name, for normalised inputs ``[N, 3, s, s]``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        names = [node.name for node in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: batch})))
 
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, C]`` of normalised inputs ``[N, 3, s, s]``."""
@@ -203,7 +265,8 @@ class OnnxPredictor:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
-        """Probabilities ``[N, C]`` of PIL 'L' images (any size)."""
+        """Probabilities ``[N, C]`` of PIL 'L' images (any size), already decoded; files stream through
+        :func:`common.inference.predictor.predict_images` instead."""
         if not len(images):
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         outputs = [self.predict_array(np.stack([self.preprocess(image) for image in images[start:start + batch_size]]))

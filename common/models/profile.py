@@ -123,9 +123,11 @@ def median_latency_ms(model: nn.Module, img_size: int, device: str | torch.devic
     return statistics.median(times)
 
 
-def onnx_latency_ms(model: nn.Module, img_size: int, repeats: int = 20, warmup: int = 3) -> float:
+def onnx_latency_ms(model: nn.Module, img_size: int, repeats: int = 20, warmup: int = 3,
+                    threads: int | None = None) -> float:
     """Median wall time in milliseconds of onnxruntime (CPU) on one image, for ``model`` exported to a temporary
-    ONNX file (:func:`common.inference.onnx.export_onnx`, sigmoid included); the file is removed afterwards."""
+    ONNX file (:func:`common.inference.onnx.export_onnx`, sigmoid included); the file is removed afterwards.
+    ``threads``: onnxruntime's intra-op threads (default: its own choice, one per core)."""
     import tempfile
 
     import numpy as np
@@ -137,7 +139,7 @@ def onnx_latency_ms(model: nn.Module, img_size: int, repeats: int = 20, warmup: 
     probe = copy.deepcopy(model).cpu().eval()
     with tempfile.TemporaryDirectory(prefix="para-test-onnx-") as folder:
         path = export_onnx(probe, img_size, Path(folder) / "model.onnx")
-        predictor = OnnxPredictor(path)
+        predictor = OnnxPredictor(path, threads=threads)
         image = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
         times = []
         for i in range(warmup + repeats):

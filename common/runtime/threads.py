@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 # What the loader workers do decides how many of them there should be.
-KINDS = ("decode", "read")
+KINDS = ("decode", "read", "predict", "predict_onnx")
 
 
 def choose_threads_and_workers(requested_workers: int | None = None, requested_threads: int | None = None,
@@ -24,6 +24,12 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
       per core but one, and the remaining core for the training process's threads;
     - ``kind="read"`` (cached with device augmentation: a worker only copies a batch out of the memory map):
       ``min(2, cores - 1)`` workers, and the other cores are threads of the training process, which now augments;
+    - ``kind="predict"`` (``predict.py`` with PyTorch on the CPU: the workers are decoding threads beside the
+      model's forward passes): ``max(1, cores // 3)`` workers and the rest threads. Decoding and preprocessing a
+      1024 px NIH PNG took 0.4 of EEEA-Net-C2's eager forward pass at 224 px per image on one core
+      (benchmarks/predict.py), and the larger networks' share is smaller still;
+    - ``kind="predict_onnx"`` (``predict.py --onnx``): ``max(1, cores // 2)`` workers, because onnxruntime runs
+      EEEA-Net-C2 3.7 times faster than eager PyTorch, so decoding is the larger half of the work;
     - when only one of the two is requested, the other takes the cores left (at least 1 thread, 0 workers).
 
     A requested value is kept as given, even if threads + workers exceed the cores (the line says so).
@@ -48,7 +54,8 @@ def choose_threads_and_workers(requested_workers: int | None = None, requested_t
     elif cores == 1:
         workers, threads = 0, 1
     else:
-        workers = cores - 1 if kind == "decode" else min(2, cores - 1)
+        workers = {"decode": cores - 1, "read": min(2, cores - 1), "predict": max(1, cores // 3),
+                   "predict_onnx": max(1, cores // 2)}[kind]
         threads = max(1, cores - workers)
     if announce:
         requested = [name for name, value in (("--workers", requested_workers), ("--threads", requested_threads))
@@ -70,8 +77,13 @@ def apply_thread_choice(workers: int | None, threads: int | None, cached: bool,
     """
     import torch  # torch is imported by every caller already; kept local so the rule above stays import-light
 
-    cores = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                // max(1, processes))
+    cores = available_cores(processes)
     threads, workers = choose_threads_and_workers(workers, threads, cores=cores, kind="read" if cached else "decode")
     torch.set_num_threads(threads)
     return threads, workers
+
+
+def available_cores(processes: int = 1) -> int:
+    """The cores this process may run on (its CPU affinity), shared equally by ``processes`` processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
