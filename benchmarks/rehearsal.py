@@ -285,6 +285,7 @@ def _earlier_predictions(paths: dict) -> list[str]:
 
     from common.commands.compare import RESULTS_FOLDER, model_entries
     from common.evaluation import scoring
+    from common.evaluation.ood import ood_path
 
     model1 = _model1(paths)
     report = json.loads(Path(f"{model1.with_suffix('')}-test.json").read_text())
@@ -300,6 +301,8 @@ def _earlier_predictions(paths: dict) -> list[str]:
         entry["path"].parent.mkdir(parents=True, exist_ok=True)
         if entry["path"] != model1:
             shutil.copyfile(model1, entry["path"])
+            # Its out-of-distribution statistics too, as test-model.py fitted them for the same file.
+            shutil.copyfile(ood_path(model1), ood_path(entry["path"]))
         noisy = (logits + np.random.default_rng(number).normal(0, 0.5, logits.shape)).astype(np.float32)
         result = scoring.TestResult(entry["path"], entry["key"], dict(report), scoring.sigmoid(noisy), targets,
                                     names, patients, logits=noisy)
