@@ -114,13 +114,21 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
         assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
         assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
             report["threshold_0.5"]["macro"]["f1"], abs=1e-12)
-    # Each folder's own test results are reused by the comparison when their identity matches.
+    # A second comparison reuses every model (issue 18 §3): the teachers' logits from their folders' test-model.py
+    # results, the students' from the first comparison's own comparison-results/; it says so per model.
     capsys.readouterr()
     assert run_main(compare.main, ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu",
                                    "--n-boot", "50"]) == 0
-    assert "reusing the test predictions of model1.pth" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    summary = out.split("Earlier results, per model")[1]
+    for key in ("model1", "model2", "modeld1", "modeld2", "modeld-ensemble"):
+        assert f"\n  {key}: reused the test logits of " in summary, (key, summary)
+    assert "scored again" not in out
+    assert f"{student_dir / 'comparison-results' / 'modeld1-test.json'}" in summary
+    assert f"{teachers / '1-EEEA-Net-C2' / 'model1-test.json'}" in summary
     again = {row["model"]: row for row in csv.DictReader(open(student_dir / "comparison.csv"))}
-    assert again["model1"]["mean_auroc"] == rows["model1"]["mean_auroc"]
+    for key in ("model1", "modeld1", "modeld-ensemble"):
+        assert again[key]["mean_auroc"] == rows[key]["mean_auroc"]
     # The same models again as a second "seed run": the spread across runs is zero.
     import shutil
     rerun = teachers.parent / "seed-run"

@@ -253,3 +253,73 @@ def test_bootstrap_rejects_bad_inputs():
         metrics.patient_bootstrap_auroc_diff(labels, prob_a, prob_b, patients[:-1])
     with pytest.raises(ValueError):
         metrics.patient_bootstrap_auroc_diff(labels, prob_a, prob_b, patients, n_boot=0)
+
+
+def _awkward_data(seed, n_patients=25):
+    """Labels and scores with what an exact AUROC can get wrong: ties within and across labels, a class whose scores
+    are all equal, a class with one positive image (single-label in many resamples) and one with no positive."""
+    rng = np.random.default_rng(seed)
+    patient_ids = np.repeat(np.arange(n_patients), rng.integers(1, 5, size=n_patients))
+    rng.shuffle(patient_ids)
+    n = patient_ids.size
+    labels = (rng.uniform(size=(n, 5)) < 0.35).astype(int)
+    labels[:, 3] = 0
+    labels[rng.integers(n), 3] = 1                      # one positive image
+    labels[:, 4] = 0                                    # no positive: undefined everywhere
+    scores = np.column_stack([
+        np.round(rng.uniform(size=n) + 0.3 * labels[:, 0], 1),  # few distinct values: many ties
+        np.full(n, 0.25),                                       # all equal: 0.5 wherever defined
+        rng.uniform(size=n),                                    # continuous
+        np.round(rng.uniform(size=n), 1),
+        rng.uniform(size=n),
+    ])
+    return labels, scores, patient_ids
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_auroc_equals_roc_auc_score_with_ties_and_single_label_classes(seed):
+    # §2 of issue 18: the bootstrap's own AUROC kernel must equal sklearn's roc_auc_score on the physically
+    # repeated images of each resample to 1e-12, and be NaN (then n/a) exactly where sklearn's is undefined.
+    labels, scores, patients = _awkward_data(seed)
+    aurocs, n_patients = metrics._bootstrap_class_aurocs(labels, [scores], patients, n_boot=40, seed=seed)
+    rng = np.random.default_rng(seed)
+    _, inverse = np.unique(patients, return_inverse=True)
+    defined_seen = np.zeros(labels.shape[1], dtype=bool)
+    for b in range(40):
+        drawn = rng.integers(0, n_patients, size=n_patients)
+        images = np.concatenate([np.flatnonzero(inverse == p) for p in drawn])
+        for c in range(labels.shape[1]):
+            column = labels[images, c]
+            if 0 < column.sum() < column.size:
+                expected = roc_auc_score(column, scores[images, c])
+                assert abs(aurocs[b, 0, c] - expected) <= 1e-12, (b, c, aurocs[b, 0, c], expected)
+                defined_seen[c] = True
+            else:
+                assert np.isnan(aurocs[b, 0, c]), (b, c)
+    assert defined_seen[:3].all() and not defined_seen[4]
+    assert np.nanmax(np.abs(aurocs[:, 0, 1] - 0.5)) == 0.0  # all-equal scores: exactly one half
+    # The undefined class stays n/a in the interval's report, as before the exact kernel.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        result = metrics.patient_bootstrap_auroc_ci(labels, scores, patients, n_boot=40, seed=seed)
+    assert result["per_class"]["auroc"][4] is None
+    assert result["per_class"]["ci_low"][4] is None and result["per_class"]["ci_high"][4] is None
+
+
+def test_weighted_auroc_kernel_equals_roc_auc_score_on_repeated_images():
+    # Arbitrary integer multiplicities (zeros included) with one image per "patient": the kernel against
+    # roc_auc_score on the images repeated that many times.
+    labels, scores, _ = _awkward_data(3)
+    n = labels.shape[0]
+    kernel = metrics.PatientWeightedAuroc(labels, scores, np.arange(n), n)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        counts = rng.integers(0, 4, size=n)
+        repeated = np.repeat(np.arange(n), counts)
+        got = kernel(counts.astype(np.float64))
+        for c in range(labels.shape[1]):
+            column = labels[repeated, c]
+            if 0 < column.sum() < column.size:
+                assert abs(got[c] - roc_auc_score(column, scores[repeated, c])) <= 1e-12
+            else:
+                assert np.isnan(got[c])

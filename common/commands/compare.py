@@ -5,11 +5,18 @@ Writes ``comparison.md``, ``comparison.csv``, ``comparison-per-class.csv``, ``co
 accuracy, each teacher sits beside its student on the AUROC by view position, the calibration (mean ECE, Brier) and,
 with ``--localization``, the localisation accuracy on the NIH boxes. ``--baseline NAME=FILE.csv`` adds another
 model's published predictions as a row scored on the same test images.
+
+Re-runs reuse what they can: each model's test logits (and localisation scores) come from an earlier result when its
+run identity matches (same checkpoint file, split, image files, view and precision; the box file for the
+localisation): the comparison's own ``comparison-results/<model>-test.json`` and ``-test-predictions.csv.gz``,
+written for every model it scores, or the ``test-model.py`` results beside the checkpoint. It prints, per model,
+what it reused or why it scored the model again. The metrics and intervals are always computed anew.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -20,6 +27,10 @@ from common.commands._flags import add_evaluation_arguments, add_localization_ar
 from common.constants import CLASS_NAMES, STUDENT_MODEL
 from common.data.images import index_images
 from common.errors import UserError
+
+
+# Folder (in the output folder) of each model's report and logits, which the next comparison reuses.
+RESULTS_FOLDER = "comparison-results"
 
 
 def get_args_parser() -> ArgumentParser:
@@ -146,8 +157,14 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     """Evaluate every present model on the same test split and write the comparison files."""
     from common.commands._setup import scoring_settings
     from common.data.split_data import split_data_for
-    from common.evaluation.scoring import demographics_for, evaluate_checkpoint, print_result, score_predictions_file
-    from common.explain.localization import read_boxes
+    from common.evaluation.scoring import (
+        demographics_for,
+        evaluate_checkpoint,
+        print_result,
+        score_predictions_file,
+        write_reusable_results,
+    )
+    from common.explain.localization import box_list_sha256, read_boxes
     from common.explain.report import json_ready, localization_report, localization_text
     from common.models.profile import count_parameters, macs
     from common.runs.checkpoint import load_checkpoint
@@ -166,28 +183,43 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
     # One read of the Data_Entry file and the box list for every model: the same images, the same subgroups.
     demographics, note = demographics_for(data.split, args.demographics)
     boxes = read_boxes(args.bbox_file) if args.localization else None
-    results = {}
+    boxes_sha256 = box_list_sha256(args.bbox_file) if args.localization else None
+    results, reuse = {}, {}
     for entry in entries:
         if not entry["path"].is_file():
             print(f"== {entry['key']}: missing ({entry['path']}) ==")
             continue
         print(f"== {entry['key']} ({entry['label']}): {entry['path']} ==")
+        stored = output_dir / RESULTS_FOLDER / entry["key"]
         result = evaluate_checkpoint(entry["path"], None, data, settings, demographics=demographics,
-                                     reuse=True)
+                                     reuse_from=[stored])
+        reuse[entry["key"]] = [result.reuse.note]
         if note:
             result.report["subgroups"] = {"note": note}
         print_result(result)
         entry["params"] = count_parameters(result.model)
         entry["img_size"] = result.report["img_size"]
         entry["macs"] = macs(result.model, entry["img_size"])
+        scored_now = result.reuse.logits is None
         if boxes is not None:
-            entry["localization"] = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size)
+            earlier, note_text = earlier_localization(result.reuse, boxes_sha256)
+            if earlier is None:
+                entry["localization"] = localization_report(result, data, boxes[0], boxes[1],
+                                                            batch_size=args.batch_size, bbox_sha256=boxes_sha256)
+                scored_now = True
+                reuse[entry["key"]].append(f"localisation scored again, because {note_text}")
+            else:
+                entry["localization"] = earlier
+                reuse[entry["key"]].append(note_text)
             print(localization_text(result, entry["localization"]))
             result.report["localization"] = json_ready(entry["localization"])
         if entry["role"] == "student":
             checkpoint = load_checkpoint(entry["path"])
             entry["distilled_from"] = distillation_description(checkpoint.get("distillation"), teachers_root)
             student_card(args, entry, result, checkpoint, settings)
+        if scored_now:
+            # What a later comparison reuses: this model's logits (and localisation) under its run identity.
+            write_reusable_results(result, stored)
         result.model = None  # free it before the next model is loaded
         results[entry["key"]] = result
     for entry in externals:
@@ -206,29 +238,59 @@ def compare(args, teachers_root: Path, output_dir: Path) -> dict:
         if row["role"] == "student" and result is not None:
             row["recipe_vs_baseline"] = recipe_differences(result, baseline)
     bootstrap = _bootstrap(entries, results, args.n_boot)
-    spread = seed_run_spread(args, data, results) if args.seed_runs else []
+    spread = seed_run_spread(args, data, results, output_dir) if args.seed_runs else []
     split_text = data.split.describe()
     paths = _write(output_dir, rows, entries, results, bootstrap, split_text, data.split.labels,
                    "ten-crop" if args.tencrop else "centre crop", spread)
     print((output_dir / "comparison.md").read_text())
+    print("Earlier results, per model (reused when the checkpoint, images, view and precision match):")
+    for key, notes in reuse.items():
+        print(f"  {key}: " + "; ".join(notes))
     print("comparison written: " + ", ".join(str(p) for p in paths))
-    return {"rows": rows, "bootstrap": bootstrap}
+    return {"rows": rows, "bootstrap": bootstrap, "reuse": reuse}
 
 
-def seed_run_spread(args, data, results: dict) -> list[dict]:
+def earlier_localization(earlier, boxes_sha256: str) -> tuple[dict | None, str]:
+    """The localisation scores of an earlier result of the same checkpoint, images, view and precision (those
+    Grad-CAM maps depend on) computed on the same box file (its sha256); else ``(None, why not)``. ``earlier``:
+    the :class:`common.evaluation.scoring.EarlierResults` of the evaluation."""
+    from common.explain.report import from_json_ready
+    if earlier.logits is None:
+        return None, "the logits were scored again"
+    reasons = []
+    for path, report in earlier.reports:
+        recorded = report.get("localization")
+        if not recorded:
+            reasons.append(f"{path} has no localisation")
+        elif recorded.get("bbox_sha256") is None:
+            reasons.append(f"{path} does not record which box file it scored (written before the hash was)")
+        elif recorded.get("bbox_sha256") != boxes_sha256:
+            reasons.append(f"{path} scored another box file ({recorded.get('bbox_file')})")
+        else:
+            return from_json_ready(recorded), f"localisation reused from {path}"
+    return None, "; ".join(reasons)
+
+
+def seed_run_spread(args, data, results: dict, output_dir: Path) -> list[dict]:
     """Every model of every ``--seed-runs`` folder scored on the same test images (mean AUROC only), with this
     comparison's own models as one more run; returns :func:`common.evaluation.seed_spread.seed_spread` rows."""
     from common.commands._setup import scoring_settings
-    from common.evaluation.scoring import evaluate_checkpoint
+    from common.evaluation.scoring import evaluate_checkpoint, write_reusable_results
     from common.evaluation.seed_spread import seed_run_files, seed_spread
     quick = scoring_settings(args, n_boot=1, subgroup_boot=1)  # only the mean AUROC of each run is used
     runs = [{key: result.report["mean_auroc"] for key, result in results.items() if key.startswith("model")}]
     for root in args.seed_runs:
         run = {}
+        # The seed run's models are stored for reuse too, under a name of their folder's own.
+        store = output_dir / RESULTS_FOLDER / ("seed-" + hashlib.sha256(str(Path(root).resolve()).encode())
+                                               .hexdigest()[:12])
         for key, path in seed_run_files(Path(root)).items():
-            print(f"== seed run {root}: {key} ==")
             with contextlib.redirect_stdout(io.StringIO()):  # the per-model report is not needed here
-                run[key] = evaluate_checkpoint(path, None, data, quick).report["mean_auroc"]
+                result = evaluate_checkpoint(path, None, data, quick, reuse_from=[store / key])
+            print(f"== seed run {root}: {key}: {result.reuse.note} ==")
+            if result.reuse.logits is None:
+                write_reusable_results(result, store / key)
+            run[key] = result.report["mean_auroc"]
         runs.append(run)
     return seed_spread(runs, baseline_key())
 

@@ -39,7 +39,7 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     from common.commands._setup import scoring_settings
     from common.data.split_data import split_data_for
     from common.evaluation.scoring import evaluate_checkpoint, print_result, write_results
-    from common.explain.localization import read_boxes
+    from common.explain.localization import box_list_sha256, read_boxes
     from common.explain.report import (
         json_ready,
         localization_report,
@@ -74,7 +74,8 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
         print(f"Grad-CAM: {len(cams['overlays'])} overlays in {cams['folder']}, sheet {cams['sheet']}")
         extra.append(cams["sheet"])
     if args.localization:
-        loc = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size)
+        loc = localization_report(result, data, boxes[0], boxes[1], batch_size=args.batch_size,
+                                  bbox_sha256=box_list_sha256(args.bbox_file))
         print(localization_text(result, loc))
         result.report["localization"] = json_ready(loc)
         extra.append(write_localization(result, loc))

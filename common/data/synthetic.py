@@ -237,6 +237,25 @@ def _render_image(size, anatomy, labels, rng, regions=None):
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
+def random_anatomy(rng) -> dict:
+    """One patient's lung and body geometry (normalised), drawn from ``rng``."""
+    return {
+        "lung_u": rng.uniform(0.18, 0.2), "lung_y": rng.uniform(0.45, 0.49),
+        "lung_ru": rng.uniform(0.13, 0.15), "lung_rv": rng.uniform(0.27, 0.31),
+        "body_rx": rng.uniform(0.42, 0.47),
+    }
+
+
+def draw_chest_image(size: int, labels, rng, anatomy: dict | None = None) -> np.ndarray:
+    """One synthetic ``size`` x ``size`` uint8 chest image showing the findings of ``labels`` (a 0/1 vector in
+    ``CLASS_NAMES`` order), drawn as :func:`generate_synthetic_cxr8` draws them, for sets laid out under other
+    names (``benchmarks/rehearsal.py`` draws one under the real NIH names). ``anatomy``: a patient's
+    :func:`random_anatomy` (default: a new one)."""
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
+    return _render_image(size, anatomy or random_anatomy(rng), np.asarray(labels), rng)
+
+
 def _region_boxes(name, mask):
     """Boxes ``(x, y, w, h)`` in pixels around a drawn pattern: one per lung side, one for the central heart."""
     size = mask.shape[1]
@@ -346,11 +365,7 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     records = []  # (image name, patient id, label vector)
     boxes = []    # (image name, class, (x, y, w, h) in pixels)
     for patient in range(1, num_patients + 1):
-        anatomy = {
-            "lung_u": rng.uniform(0.18, 0.2), "lung_y": rng.uniform(0.45, 0.49),
-            "lung_ru": rng.uniform(0.13, 0.15), "lung_rv": rng.uniform(0.27, 0.31),
-            "body_rx": rng.uniform(0.42, 0.47),
-        }
+        anatomy = random_anatomy(rng)
         age = int(rng.integers(18, 86))
         gender = "M" if rng.uniform() < 0.56 else "F"
         baseline = _draw_labels(rng, class_rates)

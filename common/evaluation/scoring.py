@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -61,6 +63,7 @@ class TestResult:
     model: object = None        # the evaluated model (for parameter and MAC counts, Grad-CAM)
     meta: dict | None = None    # the checkpoint's model_name, img_size, mean and std (to rebuild the input view)
     logits: np.ndarray | None = None  # float32 logits of a checkpoint's evaluation (written for reuse)
+    reuse: "EarlierResults | None" = None  # what an earlier evaluation gave (with ``reuse_from``), or why nothing
 
 
 @dataclass(frozen=True)
@@ -85,15 +88,17 @@ THRESHOLD_TRANSFER_NOTE = ("Per-class thresholds are chosen on validation patien
 def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data: SplitData | None,
                         settings: ScoringSettings,
                         part: str = "test", demographics: Demographics | None = None,
-                        reuse: bool = False) -> TestResult:
+                        reuse_from: Sequence[Path] | None = None) -> TestResult:
     """Evaluate a checkpoint on ``part`` of its split (or of ``data`` when given); returns the metrics and scores.
 
     A split other than the checkpoint's own is allowed only when none of its ``part`` patients was trained or
     selected on (checked by patients). With ``--tencrop`` the validation thresholds are chosen again on ten-crop
     validation probabilities, the view they are applied to. The report always adds the subgroup AUROCs and the
     calibration (:func:`add_subgroups_and_calibration`); ``demographics`` saves re-reading the Data_Entry file when
-    several checkpoints are scored on one split (default: :func:`demographics_for`). ``reuse``: take the logits
-    from the checkpoint's own ``test-model.py`` results when their run identity matches (:func:`reusable_logits`).
+    several checkpoints are scored on one split (default: :func:`demographics_for`). ``reuse_from`` (a list of
+    result stems, possibly empty): take the logits from the first earlier result whose run identity matches, among
+    the checkpoint's own ``test-model.py`` results and those stems (:func:`earlier_results`); ``result.reuse``
+    says what was reused or why the model was scored again.
     """
     checkpoint, model = load_model_from_checkpoint(checkpoint_path, expected_model)
     if checkpoint["num_classes"] != NUM_CLASSES:
@@ -116,14 +121,16 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
                              "crop": "ten-crop" if settings.tencrop else "centre crop",
                              "precision": precision_name(amp_dtype) + " body, fp32 head",
                              "trained": checkpoint.get("identity")})
-    logits = reusable_logits(checkpoint_path, identity, part_data.names) if reuse and not settings.tencrop else None
-    if logits is None:
+    earlier = None
+    if reuse_from is not None:
+        earlier = earlier_results([Path(checkpoint_path).with_suffix(""), *reuse_from], identity, part_data.names)
+        print(f"{checkpoint_path.name}: {earlier.note}")
+    if earlier is None or earlier.logits is None:
         loader, augment = data.batches(part, *view, batch_size)  # augment: the eval view on the device (image cache)
         logits, targets = predict_logits(model, loader, device, amp_dtype, desc=f"{checkpoint_path.name} {part}",
                                          augment=augment)
     else:
-        print(f"reusing the test predictions of {checkpoint_path.name} (same checkpoint, images, view and precision)")
-        targets = part_data.labels.astype(np.uint8)
+        logits, targets = earlier.logits, part_data.labels.astype(np.uint8)
     probs = sigmoid(logits)
     thresholds = checkpoint.get("val_thresholds")
     threshold_view = "centre crop (chosen when the checkpoint was saved)"
@@ -158,29 +165,95 @@ def evaluate_checkpoint(checkpoint_path: Path, expected_model: str | None, data:
     meta = {"model_name": checkpoint["model_name"], "img_size": checkpoint["img_size"], "mean": checkpoint["mean"],
             "std": checkpoint["std"]}
     return TestResult(checkpoint_path, checkpoint["model_name"], report, probs, targets, list(part_data.names),
-                      part_data.patient_ids, model, meta, logits)
+                      part_data.patient_ids, model, meta, logits, earlier)
 
 
-def reusable_logits(checkpoint_path: Path, identity: dict, names) -> np.ndarray | None:
-    """The float32 test logits ``test-model.py`` wrote beside a checkpoint, when its recorded identity equals this
-    evaluation's (checkpoint file hash, split, image files, view and precision) and it covers ``names`` in order;
-    otherwise None (the caller runs the model)."""
-    stem = Path(checkpoint_path).with_suffix("")
-    report_path, predictions_path = Path(f"{stem}-test.json"), Path(f"{stem}-test-predictions.csv.gz")
-    if not (report_path.is_file() and predictions_path.is_file()):
-        return None
-    recorded = json.loads(report_path.read_text()).get("identity") or {}
-    same = (recorded.get("split") == identity["split"] and recorded.get("data") == identity["data"]
-            and all(recorded.get("recipe", {}).get(key) == identity["recipe"][key]
-                    for key in ("checkpoint_sha256", "crop", "precision")))
-    if not same:
-        return None
+@dataclass(frozen=True)
+class EarlierResults:
+    """What an earlier evaluation of the same checkpoint left for this one (:func:`earlier_results`)."""
+
+    logits: np.ndarray | None   # the earlier float32 logits; None: score again
+    source: Path | None         # the report whose logits are reused
+    note: str                   # "reused ..." or "scored again, because ..."
+    # Every earlier report of the same checkpoint, images, view and precision, by file (with the logits reused):
+    # what else they computed (a localisation) may be reused too.
+    reports: tuple[tuple[Path, dict], ...] = ()
+
+
+# What the logits depend on besides the split and the pixels (the identity's recipe keys; docs/guide/benchmarks.md).
+LOGIT_RECIPE_KEYS = ("checkpoint_sha256", "crop", "precision")
+
+
+def result_paths(stem: Path) -> tuple[Path, Path]:
+    """``(<stem>-test.json, <stem>-test-predictions.csv.gz)``: the report and per-image predictions of a result."""
+    return Path(f"{stem}-test.json"), Path(f"{stem}-test-predictions.csv.gz")
+
+
+def _identity_mismatch(recorded: dict, identity: dict) -> str | None:
+    """Why logits recorded under ``recorded`` are not those this evaluation would compute; None when they are."""
+    if not recorded:
+        return "it records no run identity"
+    if recorded.get("split") != identity["split"]:
+        then, now = recorded.get("split") or {}, identity["split"]
+        keys = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+        return "it was scored on another split (" + "; ".join(f"{k} {then.get(k)} then, {now.get(k)} now"
+                                                            for k in keys) + ")"
+    if recorded.get("data") != identity["data"]:
+        then, now = recorded.get("data") or {}, identity["data"]
+        keys = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+        detail = "; ".join("the image files' sizes or times changed" if k == "files_sha256"
+                           else f"{k} {then.get(k)} then, {now.get(k)} now" for k in keys)
+        return f"its test images differ ({detail})"
+    then, now = recorded.get("recipe") or {}, identity["recipe"]
+    if then.get("checkpoint_sha256") != now["checkpoint_sha256"]:
+        return "the checkpoint file changed since (another sha256)"
+    for key in LOGIT_RECIPE_KEYS[1:]:
+        if then.get(key) != now[key]:
+            return f"it was scored with {key} {then.get(key)!r}, now {now[key]!r}"
+    return None
+
+
+def earlier_results(stems, identity: dict, names) -> EarlierResults:
+    """The float32 test logits of the first earlier result among ``stems`` (``<stem>-test.json`` and
+    ``<stem>-test-predictions.csv.gz``, as :func:`write_results` writes them) whose recorded identity equals this
+    evaluation's in everything the logits depend on (checkpoint file hash, split, image files, view and precision)
+    and whose predictions cover ``names`` in order. Without one, ``logits`` is None and ``note`` says why."""
+    reasons, matching, found = [], [], None
+    for stem in stems:
+        report_path, predictions_path = result_paths(stem)
+        if not report_path.is_file() or not predictions_path.is_file():
+            continue
+        report = json.loads(report_path.read_text())
+        mismatch = _identity_mismatch(report.get("identity") or {}, identity)
+        if mismatch is None and report.get("predictions_sha256") not in (None, file_sha256(predictions_path)):
+            mismatch = "its predictions file was rewritten after the report (another sha256)"
+        if mismatch is None and found is None:
+            logits, mismatch = _read_logits(predictions_path, names)
+            if logits is not None:
+                found = EarlierResults(logits, report_path, f"reused the test logits of {report_path} (same "
+                                       "checkpoint, images, view and precision)")
+        if mismatch is None:
+            matching.append((report_path, report))
+        else:
+            reasons.append(f"{report_path.name}: {mismatch}")
+    if found is not None:
+        return EarlierResults(found.logits, found.source, found.note, tuple(matching))
+    if not reasons:
+        looked = " or ".join(str(result_paths(stem)[0]) for stem in stems)
+        return EarlierResults(None, None, f"scored again, because there is no earlier result ({looked})")
+    return EarlierResults(None, None, "scored again, because " + "; ".join(reasons))
+
+
+def _read_logits(predictions_path: Path, names) -> tuple[np.ndarray | None, str | None]:
+    """(float32 logits [N, 14], None) from a predictions file listing ``names`` in order; else (None, why not)."""
     with gzip.open(predictions_path, "rt", newline="") as stream:
         rows = list(csv.DictReader(stream))
     columns = [logit_column(name) for name in CLASS_NAMES]
-    if [row[IMAGE_COLUMN] for row in rows] != list(names) or not rows or columns[0] not in rows[0]:
-        return None
-    return np.asarray([[float(row[column]) for column in columns] for row in rows], dtype=np.float32)
+    if not rows or columns[0] not in rows[0]:
+        return None, "its predictions file has no logit columns"
+    if [row[IMAGE_COLUMN] for row in rows] != list(names):
+        return None, "its predictions file lists other images"
+    return np.asarray([[float(row[column]) for column in columns] for row in rows], dtype=np.float32), None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -222,9 +295,11 @@ def add_subgroups_and_calibration(report: dict, targets, probs, names, patient_i
     """Add ``report["subgroups"]`` (mean AUROC by sex, age band and view with patient-level intervals of ``n_boot``
     resamples) and ``report["calibration"]`` (per-class ECE with :data:`ECE_BINS` bins, Brier, reliability curve).
 
-    ``n_boot`` is separate from the main interval's: nine groups each resampled costs about three whole-set
-    bootstraps per resample, so the default (``--subgroup-boot 200``) keeps the default test run near 1.6 times the
-    main bootstrap. Without ``demographics`` the subgroups are ``{"note": ...}``.
+    ``n_boot`` is separate from the main interval's: one resample of the nine groups costs about six resamples of
+    the whole set (each of the three groupings covers every image once, plus nine smaller calls; measured by
+    ``benchmarks/bootstrap.py`` at the official test size: 16 ms against 2.9 ms on 2 cores), so the default
+    ``--subgroup-boot 200`` costs about as much as the main 1000-resample interval, a few seconds each.
+    Without ``demographics`` the subgroups are ``{"note": ...}``.
     """
     if demographics is None:
         report["subgroups"] = {"note": note or "no demographics"}
@@ -336,15 +411,10 @@ def write_results(result: TestResult) -> dict:
              "predictions": Path(f"{stem}-test-predictions.csv.gz"), "roc": Path(f"{stem}-test-roc.png")}
     if "calibration" in result.report:
         paths["reliability"] = Path(f"{stem}-test-reliability.png")
+    # The predictions first, their hash into the report: a report never vouches for predictions it did not write.
+    result.report["predictions_sha256"] = _write_predictions(result, paths["predictions"])
     write_text_atomic(json.dumps(result.report, indent=2), paths["json"])
     write_text_atomic(_per_class_csv(result.report), paths["csv"])
-    # The project's one predictions layout (common.inference.prediction_files): Image Index, Patient ID,
-    # prob_<Class> written exactly (scoring this file with --predictions reproduces this report), label_<Class>, and
-    # the float32 logits last, exactly, so the comparison can reuse them.
-    text = format_predictions(result.names, result.probs, CLASS_NAMES, decimals=None, patient_ids=result.patient_ids,
-                              labels=np.asarray(result.targets), logits=result.logits)
-    # mtime=0: the same predictions give the same bytes; written atomically like every result file.
-    save_bytes_atomic(gzip.compress(text.encode(), mtime=0), paths["predictions"])
     plot_roc_curves(result.targets, result.probs, CLASS_NAMES, [result.report["auroc"][c] for c in CLASS_NAMES],
                     paths["roc"], f"{result.model_name}: {result.report['split']} {result.report['part']}, "
                                   f"labels {result.report['label_file']}")
@@ -354,6 +424,29 @@ def write_results(result: TestResult) -> dict:
                          f"{result.model_name}: reliability ({cal['n_bins']} bins; mean ECE {cal['mean_ece']:.3f}, "
                          f"mean Brier {cal['mean_brier']:.3f})")
     return paths
+
+
+def write_reusable_results(result: TestResult, stem: Path) -> tuple[Path, Path]:
+    """Write only what a later evaluation reuses (:func:`earlier_results`): the report with its run identity and
+    the per-image predictions with the logits, as ``<stem>-test.json`` and ``<stem>-test-predictions.csv.gz``."""
+    report_path, predictions_path = result_paths(stem)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    result.report["predictions_sha256"] = _write_predictions(result, predictions_path)
+    write_text_atomic(json.dumps(result.report, indent=2), report_path)
+    return report_path, predictions_path
+
+
+def _write_predictions(result: TestResult, path: Path) -> str:
+    """The project's one predictions layout (:mod:`common.inference.prediction_files`), gzipped and written
+    atomically; returns the file's sha256. Image Index, Patient ID, prob_<Class> written exactly (scoring this file
+    with --predictions reproduces the report), label_<Class>, and the float32 logits last, exactly, so the
+    comparison can reuse them."""
+    text = format_predictions(result.names, result.probs, CLASS_NAMES, decimals=None, patient_ids=result.patient_ids,
+                              labels=np.asarray(result.targets), logits=result.logits)
+    # mtime=0: the same predictions give the same bytes; written atomically like every result file.
+    content = gzip.compress(text.encode(), mtime=0)
+    save_bytes_atomic(content, path)
+    return hashlib.sha256(content).hexdigest()
 
 
 def _cell(value) -> str:

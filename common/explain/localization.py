@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from common.data.fingerprint import file_sha256
 from common.data.images import eval_resize
 from common.data.labels import read_text, resource_path
 from common.errors import UserError
@@ -359,3 +360,9 @@ def read_boxes(bbox_file: str | None) -> tuple[list[BBoxRow], str]:
     """The box list of ``--bbox-file`` (default: the packaged BBox_List_2017) and a name for it in reports."""
     rows = read_bbox_list(bbox_file)
     return rows, str(bbox_file) if bbox_file else "BBox_List_2017.csv (packaged)"
+
+
+def box_list_sha256(bbox_file: str | None) -> str:
+    """sha256 of the box list file ``read_boxes(bbox_file)`` reads: what a localisation result records, so that
+    a later run reuses it only for the same boxes."""
+    return file_sha256(_bbox_path(bbox_file))

@@ -99,16 +99,17 @@ def write_cam_report(result, data: SplitData, k: int, bbox_rows: Sequence[BBoxRo
 
 
 def localization_report(result, data: SplitData, bbox_rows: Sequence[BBoxRow], bbox_name: str,
-                        batch_size: int = 16) -> dict:
+                        batch_size: int = 16, bbox_sha256: str | None = None) -> dict:
     """Score the heatmaps of every boxed (image, class) pair of the evaluated part with Wang et al.'s protocol.
 
     Only boxes on images of the evaluated part are scored (all 880 NIH box images are in the official test list,
     188 in the arnoweng test list); the report says how many of the file's boxes that is.
 
     Returns:
-        ``{"bbox_file", "boxes_in_file", "images_in_file", "boxes_scored", "images_scored", "pairs_scored",
-        "empty_maps", "heatmap_thresholds", "threshold_choice", "scores"}`` with ``scores`` from
-        :func:`common.explain.localization.localization_scores`.
+        ``{"bbox_file", "bbox_sha256", "boxes_in_file", "images_in_file", "boxes_scored", "images_scored",
+        "pairs_scored", "empty_maps", "heatmap_thresholds", "threshold_choice", "scores"}`` with ``scores`` from
+        :func:`common.explain.localization.localization_scores`; ``bbox_sha256`` as given (the box file's hash,
+        :func:`common.explain.localization.box_list_sha256`), so that a later comparison can reuse the scores.
 
     Raises:
         UserError: no box of the file is on an image of the evaluated part.
@@ -127,7 +128,8 @@ def localization_report(result, data: SplitData, bbox_rows: Sequence[BBoxRow], b
     # A map without any positive evidence (all zero) yields no box: a miss, but worth counting apart, since a
     # table of zeros could otherwise be read as boxes drawn in the wrong place.
     empty = int(sum(1 for heatmap in maps if float(heatmap.max()) <= float(heatmap.min())))
-    return {"bbox_file": bbox_name, "boxes_in_file": len(bbox_rows), "images_in_file": images_in_file,
+    return {"bbox_file": bbox_name, "bbox_sha256": bbox_sha256, "boxes_in_file": len(bbox_rows),
+            "images_in_file": images_in_file,
             "boxes_scored": len(scored), "images_scored": len({row.image for row in scored}),
             "pairs_scored": len(pairs), "empty_maps": empty,
             "heatmap_thresholds": list(WANG_THRESHOLDS),
@@ -165,3 +167,11 @@ def json_ready(loc: dict) -> dict:
     scores = loc["scores"]
     return {**loc, "scores": {**scores, "iobb": {f"{t:g}": v for t, v in scores["iobb"].items()},
                               "iou": {f"{t:g}": v for t, v in scores["iou"].items()}}}
+
+
+def from_json_ready(loc: dict) -> dict:
+    """The inverse of :func:`json_ready`: a localisation report read back from a result file, threshold keys as
+    floats again."""
+    scores = loc["scores"]
+    return {**loc, "scores": {**scores, "iobb": {float(t): v for t, v in scores["iobb"].items()},
+                              "iou": {float(t): v for t, v in scores["iou"].items()}}}
