@@ -4,7 +4,6 @@ Usage: python para-test-eeeac2.py [--img-size 224] [--device cpu] [--repeats 20]
 """
 
 from common.commands._cli import run_script
-from common.commands.para_test import para_test_main
 
 if __name__ == "__main__":
-    run_script(para_test_main, model_name="eeea_c2")
+    run_script("common.commands.para_test:para_test_main", model_name="eeea_c2")

@@ -5,7 +5,6 @@ Usage: python train-model.py --data-dir PATH [--split official] [--pretrained im
 from pathlib import Path
 
 from common.commands._cli import run_script
-from common.commands.train import main
 
 if __name__ == "__main__":
-    run_script(main, model="eeea_c2", index=1, folder=Path(__file__).resolve().parent)
+    run_script("common.commands.train", model="eeea_c2", index=1, folder=Path(__file__).resolve().parent)

@@ -6,7 +6,6 @@ Usage: python predict.py IMAGE_OR_FOLDER ... [--output predictions.csv] [--cam] 
 from pathlib import Path
 
 from common.commands._cli import run_script
-from common.commands.predict import main
 
 if __name__ == "__main__":
-    run_script(main, model="chexnet", index=3, folder=Path(__file__).resolve().parent)
+    run_script("common.commands.predict", model="chexnet", index=3, folder=Path(__file__).resolve().parent)

@@ -5,7 +5,6 @@ Usage: python test-model.py [--data-dir PATH] ... (--help for all)
 from pathlib import Path
 
 from common.commands._cli import run_script
-from common.commands.compare import main
 
 if __name__ == "__main__":
-    run_script(main, folder=Path(__file__).resolve().parent)
+    run_script("common.commands.compare", folder=Path(__file__).resolve().parent)

@@ -5,7 +5,6 @@ Usage: python train-model.py --teacher 1..5|all|ensemble [--teacher-mode cached|
 from pathlib import Path
 
 from common.commands._cli import run_script
-from common.commands.distill import main
 
 if __name__ == "__main__":
-    run_script(main, folder=Path(__file__).resolve().parent)
+    run_script("common.commands.distill", folder=Path(__file__).resolve().parent)

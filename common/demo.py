@@ -1,7 +1,6 @@
 """``python -m common.demo``: forwards to :mod:`common.commands.demo` (kept so the short command keeps working)."""
 
 from common.commands._cli import run_script
-from common.commands.demo import main
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script("common.commands.demo")

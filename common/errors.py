@@ -17,8 +17,13 @@ FILESYSTEM_ERRNOS = frozenset(getattr(errno, name) for name in (
 class UserError(Exception):
     """A problem with the user's input (a file, a line, a flag value), reported without a traceback.
 
-    The message must be one line and must name the offending file, line or value.
+    The message must be one line and must name the offending file, line or value. ``every_rank``: under torchrun
+    every process prints it (a fault one process met alone, such as a peer that died), not only rank 0.
     """
+
+    def __init__(self, message: str = "", *, every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 class Interrupted(KeyboardInterrupt):

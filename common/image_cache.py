@@ -3,7 +3,6 @@ working).
 """
 
 from common.commands._cli import run_script
-from common.commands.image_cache import main
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script("common.commands.image_cache")

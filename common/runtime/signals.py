@@ -31,10 +31,14 @@ def _in_main_thread() -> bool:
 
 
 def _install(handler) -> dict:
-    """Install ``handler`` for the stop signals; returns the previous handlers (to give to :func:`_restore`)."""
+    """Install ``handler`` for the stop signals; returns the previous handlers (to give to :func:`_restore`).
+
+    A signal the process was started with ignored stays ignored (a shell starts background jobs with SIGINT
+    ignored; ``nohup``-style launchers do the same): whoever started it chose that."""
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     for number in STOP_SIGNALS:
-        signal.signal(number, handler)
+        if previous[number] is not signal.SIG_IGN:
+            signal.signal(number, handler)
     return previous
 
 
