@@ -31,7 +31,8 @@ def data_flags(args) -> DataFlags:
     """The data flags of a command that reads a checkpoint's split (None: the checkpoint's recorded value)."""
     return DataFlags(data_dir=args.data_dir, split=args.split, label_file=args.label_file,
                      val_fraction=args.val_fraction, image_cache=getattr(args, "image_cache", None),
-                     workers=getattr(args, "workers", None), threads=getattr(args, "threads", None))
+                     workers=getattr(args, "workers", None), threads=getattr(args, "threads", None),
+                     cache_size=getattr(args, "cache_size", None))
 
 
 def scoring_settings(args, **changes) -> ScoringSettings:
@@ -49,7 +50,8 @@ def training_data(args) -> SplitData:
                                                      cached=bool(getattr(args, "image_cache", None)),
                                                      processes=processes_per_node())
     return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
-                     parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None))
+                     parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None),
+                     cache_size=getattr(args, "cache_size", None), img_size=args.img_size)
 
 
 def resume_state_for(args, paths: CheckpointPaths, model_name: str) -> dict | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from common.data.fingerprint import file_sha256
 from common.data.images import eval_resize
 from common.data.split_data import SplitData
 from common.engine.losses import MultiLabelKDLoss
-from common.errors import UserError
+from common.errors import UserError, filesystem_errors
 from common.runs.checkpoint import load_model_from_checkpoint, save_atomic
 from common.runs.folder import remove_stale_temporaries
 from common.runtime.device import precision_name
@@ -120,13 +121,32 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
         distributed.barrier()
         key = cache_key(teacher, data, device, amp_dtype)
         path = cache_dir / _cache_name(teacher, key)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, damage = read_teacher_cache(path)
+        if state is None:
+            raise UserError(f"teacher cache {path}, just written by rank 0, cannot be read by rank "
+                            f"{distributed.rank}: {damage}", every_rank=True)
         if state.get("key") != key or state["filled"] != key["n_images"]:
             raise UserError(f"teacher cache {path} written by rank 0 does not match this process's view of the data")
         return state["logits"]
     logits = _build_or_load_cache(teacher, data, cache_dir, batch_size, device, amp_dtype)
     distributed.barrier()
     return logits
+
+
+def read_teacher_cache(path: Path) -> tuple[dict | None, str | None]:
+    """``(state, None)`` for a readable teacher cache file, ``(None, what is wrong)`` for a damaged one (truncated,
+    not a torch file, or without the entries a cache has); a file that cannot be opened at all is a UserError."""
+    try:
+        with filesystem_errors(path, action="read"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception as err:  # torch.load's many failure types (zip, pickle, EOF, runtime) all mean "damaged"
+        return None, (str(err).splitlines() or [type(err).__name__])[0][:160]
+    if not isinstance(state, dict) or not {"key", "filled", "logits"} <= set(state) \
+            or not isinstance(state["logits"], torch.Tensor) or not isinstance(state["filled"], int):
+        return None, "it lacks the key, filled and logits entries of a teacher cache"
+    return state, None
 
 
 def _cache_name(teacher: Teacher, key: dict) -> str:
@@ -140,8 +160,10 @@ def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, bat
     path = cache_dir / _cache_name(teacher, key)
     state = None
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
+        state, damage = read_teacher_cache(path)
+        if state is None:
+            print(f"warning: teacher cache {path} is damaged ({damage}); rebuilding it", file=sys.stderr)
+        elif state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
             print(f"teacher cache {path} does not match this teacher/split/image files/precision; rebuilding it")
             state = None
         elif state["filled"] == key["n_images"]:
