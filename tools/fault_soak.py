@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from common.data.synthetic import generate_synthetic_cxr8  # noqa: E402
 
-TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
+TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--threads", "1", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
 TIMING_COLUMNS = ("img_per_s", "epoch_seconds")
 MODES = ("base", "cached")

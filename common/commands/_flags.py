@@ -57,7 +57,8 @@ def add_training_arguments(parser: ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32; original 16)")
     group.add_argument("--lr", type=positive_float, default=3e-4,
                        help="peak AdamW learning rate (default 3e-4 with warm-up and cosine decay; original 1e-3, "
-                            "constant)")
+                            "constant). A run whose training loss rises above 100x its first step's loss stops as "
+                            "diverged (docs/guide/faults.md)")
     group.add_argument("--weight-decay", type=non_negative_float, default=0.01,
                        help="AdamW weight decay (default 0.01, as the original)")
     group.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up (default 1)")

@@ -368,7 +368,7 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
         if completed == 0 and previous_run:
             # --overwrite promised to keep the earlier run until a new epoch replaces it: no half epoch does.
             return Interrupted(signal_number or signal.SIGTERM,
-                               f"stopped by {name} {during}: {on_disk()}; rerun with --overwrite to start again")
+                               f"{name} {during}: {on_disk()}; rerun with --overwrite to start again")
         saved = f"the state after step {progress_so_far.steps} of {steps_per_epoch} is saved in {paths.last}"
         if distributed.is_main:
             state = {**training_state(completed, last_values), "log_rows": log.rows(),
@@ -382,7 +382,7 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
         distributed.barrier()
         before = f" ({_on_disk(paths, completed, best_epoch, [])})" if completed else ""
         return Interrupted(signal_number or signal.SIGTERM,
-                           f"stopped by {name} {during}: {saved}{before}; rerun the same command with --resume to "
+                           f"{name} {during}: {saved}{before}; rerun the same command with --resume to "
                            "continue from there")
 
     epoch = start_epoch
@@ -458,13 +458,13 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
                 wanted = distributed.sum_values([float(stop.requested)], device)[0]
                 if wanted and epoch < settings.epochs:
                     raise Interrupted(stop.signal_number or signal.SIGTERM,
-                                      f"stopped by {_signal_name(stop.signal_number)} after epoch {epoch} of "
+                                      f"{_signal_name(stop.signal_number)} after epoch {epoch} of "
                                       f"{settings.epochs}: {on_disk()}; rerun the same command with --resume to "
                                       f"continue from epoch {epoch + 1}")
     except Interrupted as err:
         if err.message is not None:
             raise
-        raise Interrupted(err.signal_number, f"stopped by {err.signal_name} in epoch {epoch} (a second signal, or "
+        raise Interrupted(err.signal_number, f"{err.signal_name} in epoch {epoch} (a second signal, or "
                                              f"one during a save): {on_disk()}; rerun the same command with "
                                              "--resume to continue") from None
     except RuntimeError as err:

@@ -51,8 +51,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not a checkpoint".
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:
-        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); "
-                        "use --pretrained to start from a published weight file")
+        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); a published "
+                        "weight file is a starting point for train-model.py --pretrained")
     return checkpoint
 
 
