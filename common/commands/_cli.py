@@ -30,6 +30,7 @@ def run_main(main, argv=None, **kwargs) -> int:
     a general one (docs/guide/faults.md §2). After an error or a stop, loader and decoding workers still running are
     ended at once, so that the process exits promptly rather than after their current batch.
     """
+    from common.runtime.progress import close_open_bars
     from common.runtime.signals import raise_on_stop_signals
     from common.runtime.workers import end_child_processes
     warnings.formatwarning = _one_line_warning
@@ -40,6 +41,7 @@ def run_main(main, argv=None, **kwargs) -> int:
         except UserError as err:
             # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
             # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
+            close_open_bars()
             if speaks or getattr(err, "every_rank", False):
                 print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
             end_child_processes()
@@ -49,11 +51,13 @@ def run_main(main, argv=None, **kwargs) -> int:
                 raise
             # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
             # environment, not a bug, so one line rather than a traceback.
+            close_open_bars()
             print(f"error: {os_error_message(err)}", file=sys.stderr, flush=True)
             end_child_processes()
             return 2
         except KeyboardInterrupt as err:  # Interrupted (SIGINT or SIGTERM) or a KeyboardInterrupt raised by hand
             stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+            close_open_bars()
             if speaks:
                 print(f"stopped: {stop.message or _general_stop_message(stop)}", file=sys.stderr, flush=True)
             end_child_processes()

@@ -16,7 +16,7 @@ from common.commands._flags import recorded_config, restore_resumed_flags
 from common.constants import CLASS_NAMES, NUM_CLASSES
 from common.data.split_data import DataFlags, SplitData
 from common.engine.loop import OptimiserSettings, fit
-from common.errors import UserError
+from common.errors import Interrupted, UserError
 from common.evaluation.scoring import ScoringSettings
 from common.models import ModelInfo, create_model, load_pretrained, model_info
 from common.runs.checkpoint import CheckpointPaths, load_checkpoint
@@ -155,6 +155,12 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
         lock.acquire()
     try:
         run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None)
+    except Interrupted as stop:
+        if lock is not None:
+            lock.release()
+        raise Interrupted(stop.signal_number, stop.message or (
+            f"{stop.signal_name} while {prefix} was starting (before its first step): nothing of this run was saved"
+            + _earlier_files(Path(output_dir), prefix) + "; rerun the same command")) from None
     except BaseException:
         if lock is not None:
             lock.release()
@@ -163,6 +169,13 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     if run.finished:
         run.release()
     return run
+
+
+def _earlier_files(output_dir: Path, prefix: str) -> str:
+    """``; the files already there (...) are unchanged`` for a folder holding files of an earlier run or state."""
+    paths = CheckpointPaths.for_prefix(output_dir, prefix)
+    present = [p.name for p in (paths.best, paths.last, paths.log, paths.curves) if p.exists()]
+    return f"; the files already there ({', '.join(present)}) are unchanged" if present else ""
 
 
 def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool) -> TrainingRun:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from common.data.fingerprint import file_sha256
 from common.data.images import eval_resize
 from common.data.split_data import SplitData
 from common.engine.losses import MultiLabelKDLoss
-from common.errors import UserError, filesystem_errors
+from common.errors import Interrupted, UserError, filesystem_errors
 from common.runs.checkpoint import load_model_from_checkpoint, save_atomic
 from common.runs.folder import remove_stale_temporaries
 from common.runtime.device import precision_name
@@ -195,17 +196,26 @@ def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, bat
     with torch.no_grad():
         bar = progress(loader, f"teacher cache {path.name}", unit="batch", initial=state["filled"] // batch_size,
                        total=state["filled"] // batch_size + len(loader))
-        for step, batch in enumerate(bar, start=1):
-            images = batch["image"].to(device, non_blocking=True)
-            if augment is not None:
-                images = augment(images)  # the eval view of the cached uint8 batch, made on the device
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = teacher.model(images).float()
-            count = logits.shape[0]
-            state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
-            state["filled"] += count
-            if step % SAVE_EVERY_BATCHES == 0:
+        try:
+            for step, batch in enumerate(bar, start=1):
+                images = batch["image"].to(device, non_blocking=True)
+                if augment is not None:
+                    images = augment(images)  # the eval view of the cached uint8 batch, made on the device
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = teacher.model(images).float()
+                count = logits.shape[0]
+                state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
+                state["filled"] += count
+                if step % SAVE_EVERY_BATCHES == 0:
+                    save_atomic(state, path)
+        except KeyboardInterrupt as err:  # SIGINT or SIGTERM: keep what is done, say so
+            stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+            if state["filled"]:
                 save_atomic(state, path)
+            raise Interrupted(stop.signal_number, f"{stop.signal_name} while building the teacher cache {path}: "
+                              f"{state['filled']:,} of {key['n_images']:,} images are saved in it, and nothing of "
+                              "the student was trained; rerun the same command to finish the cache and train") \
+                from None
     save_atomic(state, path)
     print(f"teacher cache written: {path}")
     return state["logits"]

@@ -425,7 +425,7 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
                     improved = np.isfinite(val_auroc) and val_auroc > best_auroc
                     thresholds = choose_thresholds(targets, probs, CLASS_NAMES) if improved else None
                 for warning in caught:
-                    if str(warning.message) not in said:
+                    if str(warning.message) not in said and distributed.is_main:  # rank 0 speaks for the run
                         said.add(str(warning.message))
                         print(f"warning: {warning.message} (said once per run)", file=sys.stderr)
                 print(f"Epoch {epoch}/{settings.epochs}, Total Loss: {stats['loss']:.4f}, "
