@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import gzip
 import hashlib
 import io
 import json
@@ -111,6 +109,11 @@ def summary(stderr: str) -> str:
         return f"TRACEBACK: {last[-1] if last else ''}"
     lines = our_lines(stderr)
     return " | ".join(lines) if lines else "(no error line)"
+
+
+def ours_traced(stderr: str) -> bool:
+    """A traceback through this project's code (torchrun's launcher prints tracebacks of its own)."""
+    return re.search(r'File "[^"]*(/common/|-model\.py)', stderr) is not None
 
 
 def in_process(main, argv, **kwargs) -> tuple[int | None, str]:
@@ -362,6 +365,35 @@ def case_torchrun_rank_dies(bench: Bench) -> Row:
     row.ok = (len(ours) == 1 and f"rank 1 of 2 (pid {rank1}) has ended" in ours[0] and "--resume" in ours[0]
               and torchrun_report and row.code != 0)
     row.note = "torchrun's own ChildFailedError report follows our line" if torchrun_report else ""
+    return row
+
+
+def case_torchrun_preempted(bench: Bench) -> Row:
+    row = Row("stop", "torchrun preempted: SIGTERM to torchrun mid-run, then --resume", "every rank stops after the "
+              "same step; one 'stopped:' line; the resumed torchrun run finishes")
+    out = bench.folder("torchrun-term")
+    log = bench.work / "torchrun-term"
+    command = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", script(f"{BASE}/train-model.py"),
+               *bench.flags(out, 3)]
+    process = start(command, log)
+    if not wait_for(Path(f"{log}.out"), "Epoch 1/3", process):
+        process.kill()
+        row.note = "the run ended before its first epoch"
+        return row
+    process.send_signal(signal.SIGTERM)
+    row.code = process.wait(timeout=300)
+    stderr = Path(f"{log}.err").read_text()
+    ours = our_lines(stderr)
+    row.line = " | ".join(ours) or summary(stderr)
+    state = torch_load(out / "model1-last.pth") if (out / "model1-last.pth").is_file() else {}
+    resumed = run(command[:4] + [script(f"{BASE}/train-model.py"), *bench.flags(out, 3), "--resume"])
+    log_rows = (out / "model1-log.csv").read_text().splitlines() if (out / "model1-log.csv").is_file() else []
+    row.lost = "" if resumed.returncode == 0 and len(log_rows) == 4 else \
+        f"--resume: exit {resumed.returncode}, {summary(resumed.stderr)}"
+    row.note = f"saved: epoch {state.get('epoch')}" + (f", step {state['partial_epoch']['steps']} of epoch "
+                                                      f"{state['partial_epoch']['epoch']}"
+                                                      if state.get("partial_epoch") else "")
+    row.ok = len(ours) == 1 and ours[0].startswith("stopped: SIGTERM") and not row.lost and not ours_traced(stderr)
     return row
 
 
@@ -742,6 +774,7 @@ def _predictions_rows(bench: Bench) -> list[Row]:
 
 CASES = [case_divergence_without_clipping, case_divergence_overwrite_keeps_the_old_run, case_sigterm_mid_epoch,
          case_sigint_mid_epoch, case_sigint_during_start_up, case_sigint_before_any_step, case_torchrun_rank_dies,
+         case_torchrun_preempted,
          case_prompt_exit, case_cache_build_full_disk, case_overwrite_full_disk, case_resume_full_disk,
          case_damaged_teacher_cache, case_duplicate_list_line, case_png_as_teacher, case_two_cache_sizes,
          case_second_test_model_run, case_killed_cache_build, case_kill_and_resume, case_folder_lock,

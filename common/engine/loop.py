@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.atomic import StagedWrites
 from common.constants import CLASS_NAMES
 from common.engine.losses import LabelLoss
-from common.atomic import StagedWrites
 from common.engine.run_log import TrainingLog
 from common.errors import Interrupted, UserError
 from common.evaluation.logits import predict_logits, sigmoid
@@ -364,6 +364,10 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
     def stop_mid_epoch(epoch: int, progress_so_far: EpochProgress, signal_number: int | None, during: str):
         """Save the state after the last step done in ``epoch`` and stop (every process calls this)."""
         name = _signal_name(signal_number)
+        if progress_so_far.steps == 0:  # nothing done in this epoch: what is on disk is the state to resume
+            go_on = "rerun the same command with --resume to continue" if completed else "rerun the same command"
+            return Interrupted(signal_number or signal.SIGTERM,
+                               f"{name} before epoch {epoch} began: {on_disk()}; {go_on}")
         entries = distributed.gather_objects(progress_so_far.saved())
         if completed == 0 and previous_run:
             # --overwrite promised to keep the earlier run until a new epoch replaces it: no half epoch does.
