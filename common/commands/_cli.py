@@ -30,7 +30,6 @@ def run_main(main, argv=None, **kwargs) -> int:
     a general one (docs/guide/faults.md §2). After an error or a stop, loader and decoding workers still running are
     ended at once, so that the process exits promptly rather than after their current batch.
     """
-    from common.runtime.progress import close_open_bars
     from common.runtime.signals import raise_on_stop_signals
     from common.runtime.workers import end_child_processes
     warnings.formatwarning = _one_line_warning
@@ -41,7 +40,7 @@ def run_main(main, argv=None, **kwargs) -> int:
         except UserError as err:
             # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
             # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
-            close_open_bars()
+            _close_open_bars()
             if speaks or getattr(err, "every_rank", False):
                 print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
             end_child_processes()
@@ -51,13 +50,13 @@ def run_main(main, argv=None, **kwargs) -> int:
                 raise
             # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
             # environment, not a bug, so one line rather than a traceback.
-            close_open_bars()
+            _close_open_bars()
             print(f"error: {os_error_message(err)}", file=sys.stderr, flush=True)
             end_child_processes()
             return 2
         except KeyboardInterrupt as err:  # Interrupted (SIGINT or SIGTERM) or a KeyboardInterrupt raised by hand
             stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
-            close_open_bars()
+            _close_open_bars()
             if speaks:
                 print(f"stopped: {stop.message or _general_stop_message(stop)}", file=sys.stderr, flush=True)
             end_child_processes()
@@ -95,6 +94,15 @@ def _resolved(command):
         return getattr(importlib.import_module(module_name), function or "main")(argv, **kwargs)
 
     return load_and_run
+
+
+def _close_open_bars() -> None:
+    """Close (and so clear: they are drawn with ``leave=False``) the progress bars still on the screen, so that the
+    error or stop line printed next starts on a line of its own. tqdm is looked up, not imported: a command that
+    drew no bar (the torch-free ONNX prediction path among them) loads nothing for this."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _general_stop_message(stop: Interrupted) -> str:

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from common.data.image_cache import (
     open_image_cache,
 )
 from common.data.images import index_images, load_png
-from common.errors import UserError, filesystem_errors, os_error_reason
+from common.errors import Interrupted, UserError, filesystem_errors, os_error_reason
 from common.runtime.progress import progress
 from common.runtime.signals import ignore_stop_signals_in_worker
 
@@ -128,7 +129,14 @@ def build_image_cache(data_dir, names, out_dir, size: int = DEFAULT_SIZE, worker
 
     todo = [c for c in range(len(chunks)) if c not in done]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    errors = _decode_into(files, identity, chunks, chunk_prints, paths, size, todo, done, workers, after_chunk)
+    try:
+        errors = _decode_into(files, identity, chunks, chunk_prints, paths, size, todo, done, workers, after_chunk)
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM: _decode_into has recorded the chunks it finished
+        stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+        kept = sum(len(chunks[c]) for c in done)
+        raise Interrupted(stop.signal_number, f"{stop.signal_name} during the image cache build: {kept:,} of "
+                          f"{len(names):,} images are decoded and kept in {files['partial']}; rerun the same "
+                          "command to finish it") from None
     if errors:
         shown = "; ".join(f"{path}: {reason}" for path, reason in errors[:3])
         raise UserError(f"{len(errors)} of {len(names)} image(s) cannot be decoded (first: {shown}); replace or "

@@ -143,7 +143,8 @@ def read_teacher_cache(path: Path) -> tuple[dict | None, str | None]:
     except UserError:
         raise
     except Exception as err:  # torch.load's many failure types (zip, pickle, EOF, runtime) all mean "damaged"
-        return None, (str(err).splitlines() or [type(err).__name__])[0][:160]
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        return None, first.split(". ")[0][:160]  # torch's zip reader goes on with advice about its internals
     if not isinstance(state, dict) or not {"key", "filled", "logits"} <= set(state) \
             or not isinstance(state["logits"], torch.Tensor) or not isinstance(state["filled"], int):
         return None, "it lacks the key, filled and logits entries of a teacher cache"

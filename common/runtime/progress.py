@@ -20,9 +20,3 @@ def progress(iterable, desc: str, disable: bool = False, **kwargs):
     return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30,
                 disable=disable or not is_main_process(), **kwargs)
 
-
-def close_open_bars() -> None:
-    """Close (and so clear: they are drawn with ``leave=False``) the bars still on the screen, so that an error or
-    stop line printed next starts on a line of its own rather than after a half-drawn bar."""
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
