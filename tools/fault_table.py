@@ -389,16 +389,21 @@ def case_torchrun_rank_dies(bench: Bench) -> Row:
 
 
 def case_torchrun_preempted(bench: Bench) -> Row:
-    row = Row("stop", "torchrun preempted: SIGTERM to torchrun mid-run, then --resume", "every rank stops after the "
-              "same step; one 'stopped:' line; the resumed torchrun run finishes")
-    out = bench.folder("torchrun-term")
+    row = Row("stop", "torchrun preempted: SIGTERM to torchrun in epoch 2, then --resume", "one 'stopped:' line; "
+              "every rank stops after the same step; the resumed run equals an uninterrupted torchrun run")
+    out, whole = bench.folder("torchrun-term"), bench.folder("torchrun-whole")
     log = bench.work / "torchrun-term"
-    command = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", script(f"{BASE}/train-model.py"),
-               *bench.flags(out, 3)]
-    process = start(command, log)
-    if not wait_for(Path(f"{log}.out"), "Epoch 1/3", process):
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", script(f"{BASE}/train-model.py")]
+    # Batches of 2: 12 steps an epoch, so that the ranks agree to stop at step 10, mid-epoch.
+    flags = lambda folder: bench.flags(folder, 2, "--batch-size", "2")  # noqa: E731
+    reference = run([*launcher, *flags(whole)])
+    if reference.returncode != 0:
+        row.code, row.line, row.note = reference.returncode, summary(reference.stderr), "the reference run failed"
+        return row
+    process = start([*launcher, *flags(out)], log)
+    if not wait_for(Path(f"{log}.err"), "epoch 2/2 train", process):
         process.kill()
-        row.note = "the run ended before its first epoch"
+        row.note = "the run ended before its second epoch"
         return row
     process.send_signal(signal.SIGTERM)
     row.code = process.wait(timeout=300)
@@ -406,13 +411,12 @@ def case_torchrun_preempted(bench: Bench) -> Row:
     ours = our_lines(stderr)
     row.line = " | ".join(ours) or summary(stderr)
     state = torch_load(out / "model1-last.pth") if (out / "model1-last.pth").is_file() else {}
-    resumed = run(command[:4] + [script(f"{BASE}/train-model.py"), *bench.flags(out, 3), "--resume"])
-    log_rows = (out / "model1-log.csv").read_text().splitlines() if (out / "model1-log.csv").is_file() else []
-    row.lost = "" if resumed.returncode == 0 and len(log_rows) == 4 else \
-        f"--resume: exit {resumed.returncode}, {summary(resumed.stderr)}"
-    row.note = f"saved: epoch {state.get('epoch')}" + (f", step {state['partial_epoch']['steps']} of epoch "
-                                                      f"{state['partial_epoch']['epoch']}"
-                                                      if state.get("partial_epoch") else "")
+    partial = state.get("partial_epoch")
+    row.note = (f"saved after step {partial['steps']} of {partial['steps_per_epoch']} of epoch {partial['epoch']}, "
+                f"{len(partial['ranks'])} ranks' random states" if partial else f"saved: epoch {state.get('epoch')}")
+    resumed = run([*launcher, *flags(out), "--resume"])
+    row.lost = (same_training_state(whole / "model1-last.pth", out / "model1-last.pth") if resumed.returncode == 0
+                else f"--resume: exit {resumed.returncode}, {summary(resumed.stderr)}")
     row.ok = len(ours) == 1 and ours[0].startswith("stopped: SIGTERM") and not row.lost and not ours_traced(stderr)
     return row
 

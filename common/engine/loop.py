@@ -373,7 +373,8 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
             # --overwrite promised to keep the earlier run until a new epoch replaces it: no half epoch does.
             return Interrupted(signal_number or signal.SIGTERM,
                                f"{name} {during}: {on_disk()}; rerun with --overwrite to start again")
-        saved = f"the state after step {progress_so_far.steps} of {steps_per_epoch} is saved in {paths.last}"
+        saved = (f"the epoch's training is saved in {paths.last}, to be validated when resumed"
+                 if progress_so_far.steps >= steps_per_epoch else f"the state after that step is saved in {paths.last}")
         if distributed.is_main:
             state = {**training_state(completed, last_values), "log_rows": log.rows(),
                      "partial_epoch": {"epoch": epoch, "steps": progress_so_far.steps,
@@ -384,7 +385,9 @@ def fit(model: nn.Module, criterion, train_batches: Callable[[int], tuple], val_
             except UserError as err:
                 saved = f"its state could not be saved ({err}); {on_disk()}"
         distributed.barrier()
-        before = f" ({_on_disk(paths, completed, best_epoch, [])})" if completed else ""
+        best = f", the best so far (epoch {best_epoch}) is {paths.best.name}" if best_epoch else ""
+        epochs = f"epochs 1-{completed}" if completed > 1 else "epoch 1"
+        before = f" ({epochs} complete{best})" if completed and not saved.startswith("its state") else ""
         return Interrupted(signal_number or signal.SIGTERM,
                            f"{name} {during}: {saved}{before}; rerun the same command with --resume to "
                            "continue from there")
