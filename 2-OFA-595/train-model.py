@@ -2,11 +2,9 @@
 
 Usage: python train-model.py --data-dir PATH [--split official] [--pretrained imagenet|FILE] ... (--help for all)
 """
-import sys
 from pathlib import Path
 
-from common.commands._cli import run_main
-from common.commands.train import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:], model="ofa595", index=2, folder=Path(__file__).resolve().parent))
+    run_script("common.commands.train", model="ofa595", index=2, folder=Path(__file__).resolve().parent)

@@ -2,10 +2,8 @@
 
 Usage: python para-test-chexnet.py [--img-size 224] [--device cpu] [--repeats 20]
 """
-import sys
 
-from common.commands._cli import run_main
-from common.commands.para_test import para_test_main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(para_test_main, sys.argv[1:], model_name="chexnet"))
+    run_script("common.commands.para_test:para_test_main", model_name="chexnet")

@@ -2,11 +2,9 @@
 
 Usage: python test-model.py [--checkpoint FILE] [--data-dir PATH] [--tencrop] ... (--help for all)
 """
-import sys
 from pathlib import Path
 
-from common.commands._cli import run_main
-from common.commands.evaluate import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:], model="chexnet", index=3, folder=Path(__file__).resolve().parent))
+    run_script("common.commands.evaluate", model="chexnet", index=3, folder=Path(__file__).resolve().parent)

@@ -6,11 +6,9 @@ The default checkpoint is modeld-ensemble.pth here (the student of the five-teac
 Usage: python predict.py IMAGE_OR_FOLDER ... [--output predictions.csv] [--cam] [--checkpoint FILE]
        python predict.py --export-onnx model.onnx        (then: python predict.py IMAGES --onnx model.onnx)
 """
-import sys
 from pathlib import Path
 
-from common.commands._cli import run_main
-from common.commands.predict import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:], model="eeea_c2", index=6, folder=Path(__file__).resolve().parent))
+    run_script("common.commands.predict", model="eeea_c2", index=6, folder=Path(__file__).resolve().parent)

@@ -2,11 +2,9 @@
 
 Usage: python test-model.py [--data-dir PATH] ... (--help for all)
 """
-import sys
 from pathlib import Path
 
-from common.commands._cli import run_main
-from common.commands.compare import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:], folder=Path(__file__).resolve().parent))
+    run_script("common.commands.compare", folder=Path(__file__).resolve().parent)

@@ -2,11 +2,9 @@
 
 Usage: python train-model.py --teacher 1..5|all|ensemble [--teacher-mode cached|online] ... (--help for all)
 """
-import sys
 from pathlib import Path
 
-from common.commands._cli import run_main
-from common.commands.distill import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:], folder=Path(__file__).resolve().parent))
+    run_script("common.commands.distill", folder=Path(__file__).resolve().parent)

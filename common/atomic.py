@@ -56,15 +56,77 @@ def write_csv_atomic(path: str | os.PathLike, fieldnames, rows) -> None:
     renamed; missing keys are written as empty cells.
     """
     rows = list(rows)
+    write_atomic(path, lambda stream: write_csv(stream, fieldnames, rows), "w")
 
-    def write(stream):
-        writer = csv.DictWriter(stream, fieldnames=list(fieldnames))
-        writer.writeheader()
-        writer.writerows(rows)
 
-    write_atomic(path, write, "w")
+def write_csv(stream, fieldnames, rows) -> None:
+    """Write a header ``fieldnames`` and ``rows`` (dicts) to an open text stream, as :func:`write_csv_atomic` does."""
+    writer = csv.DictWriter(stream, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def save_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`write_atomic`)."""
     write_atomic(path, lambda stream: stream.write(data), "wb")
+
+
+class StagedWrites:
+    """Several files replaced together: each is written to a temporary beside it (fsynced) as it is added, and only
+    :meth:`commit` renames them all over their targets (and removes the files named by :meth:`remove`).
+
+    A failed write (a full disk) raises :class:`UserError` from :meth:`write` with every temporary so far removed and
+    no target touched, so the folder keeps the previous set whole; so does leaving the ``with`` block by any
+    exception before :meth:`commit`. The temporaries are named like :func:`write_atomic`'s (``.<name>.XXXX.tmp``),
+    which ``run_folder.remove_stale_temporaries`` sweeps after a kill.
+    """
+
+    def __init__(self):
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target), in the order they were written
+        self._removals: list[Path] = []
+
+    def __enter__(self) -> "StagedWrites":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def write(self, path: str | os.PathLike, write_fn, mode: str = "wb") -> Path:
+        """Write ``path``'s next content with ``write_fn(stream)`` to a temporary; returns the temporary's path."""
+        path = Path(path)
+        try:
+            with filesystem_errors(path, previous_kept=path.exists()):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                self._staged.append((Path(temporary), path))
+                with _open_temporary(handle, mode) as stream:
+                    write_fn(stream)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.chmod(temporary, 0o644)
+        except BaseException:
+            self.discard()
+            raise
+        return Path(temporary)
+
+    def remove(self, path: str | os.PathLike) -> None:
+        """Remove ``path`` (if it exists) when the set is committed."""
+        self._removals.append(Path(path))
+
+    def commit(self) -> None:
+        """Rename every temporary over its target, in the order written, then make the removals."""
+        for temporary, target in self._staged:
+            with filesystem_errors(target, action="replace"):
+                os.replace(temporary, target)
+        self._staged = []
+        for path in self._removals:
+            with filesystem_errors(path, action="remove"):
+                path.unlink(missing_ok=True)
+        self._removals = []
+
+    def discard(self) -> None:
+        """Remove the temporaries not yet committed; no target is touched."""
+        for temporary, _ in self._staged:
+            temporary.unlink(missing_ok=True)
+        self._staged = []
+        self._removals = []

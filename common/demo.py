@@ -1,8 +1,6 @@
 """``python -m common.demo``: forwards to :mod:`common.commands.demo` (kept so the short command keeps working)."""
-import sys
 
-from common.commands._cli import run_main
-from common.commands.demo import main
+from common.commands._cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, sys.argv[1:]))
+    run_script("common.commands.demo")

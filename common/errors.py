@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 from contextlib import contextmanager
 
 #: errno values of the file system refusing a read or write (full, over quota, read-only, no permission, the wrong
@@ -16,8 +17,42 @@ FILESYSTEM_ERRNOS = frozenset(getattr(errno, name) for name in (
 class UserError(Exception):
     """A problem with the user's input (a file, a line, a flag value), reported without a traceback.
 
-    The message must be one line and must name the offending file, line or value.
+    The message must be one line and must name the offending file, line or value. ``every_rank``: under torchrun
+    every process prints it (a fault one process met alone, such as a peer that died), not only rank 0.
     """
+
+    def __init__(self, message: str = "", *, every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command: a ``KeyboardInterrupt``, so that no ``except Exception`` swallows it
+    and code that already stops cleanly on Ctrl-C does so on SIGTERM too. ``message`` says where it stopped, what is
+    on disk and how to go on; ``run_main`` prints it as one line and exits with the signal's code, 128 + the signal
+    number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signal_number: int, message: str | None = None):
+        super().__init__(signal_number, message)
+        self.signal_number = signal_number
+        self.message = message
+
+    @property
+    def signal_name(self) -> str:
+        """``SIGINT``, ``SIGTERM``, ... (``signal N`` for a number the signal module does not name)."""
+        try:
+            return signal.Signals(self.signal_number).name
+        except ValueError:
+            return f"signal {self.signal_number}"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: what a shell reports for a process ended by that signal."""
+        return 128 + self.signal_number
+
+    def __str__(self) -> str:
+        return self.message or f"stopped by {self.signal_name}"
 
 
 def os_error_reason(err: OSError) -> str:

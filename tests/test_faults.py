@@ -24,11 +24,14 @@ pytestmark = pytest.mark.slow
 def test_kill_and_resume_soak(tmp_path):
     lines = []
     started = time.monotonic()
-    results = fault_soak.run_soak(("base", "cached"), trials=2, seed=0, max_kills=1, work=tmp_path,
-                                  report=lines.append)
+    # Seed 1 with up to 2 interruptions draws both kinds: SIGTERM then SIGKILL, SIGTERM alone, SIGKILL alone.
+    results = fault_soak.run_soak(("base", "cached"), trials=2, seed=1, max_kills=2, work=tmp_path,
+                                  report=lines.append, term_share=0.5)
     print("\n".join(lines), f"\n{time.monotonic() - started:.0f}s")
     assert all(trial.identical and not trial.leftover_temporaries
                for trials in results.values() for trial in trials), "\n".join(lines)
+    drawn = {name for trials in results.values() for trial in trials for name in trial.kill_signals}
+    assert drawn == {"TERM", "KILL"}, drawn
 
 
 # The script run as a user would, with the atomic writers' stream failing like a full disk at the nth write.

@@ -337,18 +337,19 @@ def test_registering_a_taken_name_or_folder_is_refused(sixth_model):
 
 
 def test_scripts_name_the_command_they_run():
+    # run_script imports the command inside run_main, so that a Ctrl-C while it loads is one line (faults §2).
     repo = PACKAGE.parent
     for index, (folder, model_name) in model_folders().items():
         train = (repo / folder / "train-model.py").read_text()
-        assert "from common.commands.train import main" in train and f'model="{model_name}", index={index}' in train
+        assert 'run_script("common.commands.train"' in train and f'model="{model_name}", index={index}' in train
         test = (repo / folder / "test-model.py").read_text()
-        assert "from common.commands.evaluate import main" in test and f'model="{model_name}", index={index}' in test
+        assert 'run_script("common.commands.evaluate"' in test and f'model="{model_name}", index={index}' in test
         predict = (repo / folder / "predict.py").read_text()
-        assert "from common.commands.predict import main" in predict and f'model="{model_name}", index={index}' in predict
+        assert 'run_script("common.commands.predict"' in predict and f'model="{model_name}", index={index}' in predict
     six = (repo / "6-Distilling-to-EEEA-Net-C2" / "predict.py").read_text()
-    assert "from common.commands.predict import main" in six and 'model="eeea_c2", index=6' in six
-    assert "from common.commands.distill import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "train-model.py").read_text()
-    assert "from common.commands.compare import main" in (repo / "6-Distilling-to-EEEA-Net-C2" / "test-model.py").read_text()
+    assert 'run_script("common.commands.predict"' in six and 'model="eeea_c2", index=6' in six
+    assert 'run_script("common.commands.distill"' in (repo / "6-Distilling-to-EEEA-Net-C2" / "train-model.py").read_text()
+    assert 'run_script("common.commands.compare"' in (repo / "6-Distilling-to-EEEA-Net-C2" / "test-model.py").read_text()
 
 
 def test_a_project_checkpoint_saved_for_the_sixth_model_round_trips(sixth_model, tmp_path):

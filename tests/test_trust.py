@@ -90,7 +90,9 @@ def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(t
 
     # Same test patients, other train/val lists: disjoint from what the checkpoint saw, so it is allowed.
     disjoint = write_split(tmp_path / "disjoint", val, train, test, labels)
-    argv = ["--checkpoint", str(checkpoint), "--split", str(disjoint), "--workers", "0", "--n-boot", "20"]
+    # --overwrite: the module's checkpoint is tested with other options by other tests (docs/guide/faults.md §5).
+    argv = ["--checkpoint", str(checkpoint), "--split", str(disjoint), "--workers", "0", "--n-boot", "20",
+            "--overwrite"]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())
     assert report["leakage_check"]["cross_split"] is True and report["leakage_check"]["shared"] == 0
@@ -192,7 +194,7 @@ def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tm
 @pytest.mark.slow
 def test_tencrop_thresholds_come_from_tencrop_validation(trained, synthetic, capsys):
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
-    argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--tencrop", "--n-boot", "20"]
+    argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--tencrop", "--n-boot", "20", "--overwrite"]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     assert "transfer imperfectly" in capsys.readouterr().out
     report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())

@@ -1,16 +1,20 @@
-"""Fault-injection soak: kill tiny training runs with SIGKILL at seeded random moments, resume them, and check the
-result is bit-identical to an uninterrupted run.
+"""Fault-injection soak: kill tiny training runs with SIGKILL, or stop them with SIGTERM, at seeded random moments,
+resume them, and check the result is bit-identical to an uninterrupted run.
 
 For each mode (``base``: folder 1's train-model.py; ``cached``: folder 6's with ``--teacher 1 --teacher-mode
 cached``) one reference run goes uninterrupted; then each trial starts the same command in a fresh output folder,
-kills it 1..--max-kills times at random moments (each restart is the same command with ``--resume``), and finally
-reruns with ``--resume`` until it exits. Any non-zero exit of a run that was not killed is a failure (reported with
-its stderr line; a ``--resume`` refused because no ``-last.pth`` existed yet is reported as ``no-checkpoint-yet``).
+interrupts it 1..--max-kills times at random moments (each restart is the same command with ``--resume``), and
+finally reruns with ``--resume`` until it exits. One interruption in three (--term-share) is a SIGTERM, as a cluster
+sends to preempt a job: the run must stop by itself within --term-wait seconds with exit code 143 and one
+``stopped:`` line (saving its state mid-epoch); the others are SIGKILL. Any other non-zero exit of a run is a
+failure (reported with its stderr line; a ``--resume`` refused because no ``-last.pth`` existed yet is reported as
+``no-checkpoint-yet``).
 A finished trial is compared with the reference: every tensor of the weights and optimizer state (``torch.equal``),
 the best checkpoint's weights and epoch, and the log rows except the timing columns. Leftover ``*.tmp`` files in
 the output folder are reported too.
 
-    python tools/fault_soak.py --trials 20 [--modes base,cached] [--seed 0] [--max-kills 3] [--work DIR]
+    python tools/fault_soak.py --trials 20 [--modes base,cached] [--seed 0] [--max-kills 3] [--term-share 0.33]
+                               [--work DIR]
 
 ``run_soak`` is the importable entry (tests/test_faults.py). Exit code 0 when every trial is identical.
 """
@@ -38,7 +42,7 @@ import torch  # noqa: E402
 
 from common.data.synthetic import generate_synthetic_cxr8  # noqa: E402
 
-TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
+TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--threads", "1", "--device", "cpu",
         "--lr", "1e-3", "--warmup-epochs", "0"]
 TIMING_COLUMNS = ("img_per_s", "epoch_seconds")
 MODES = ("base", "cached")
@@ -53,6 +57,7 @@ class Trial:
     mode: str
     index: int
     kill_times: list[float]
+    kill_signals: list[str] = field(default_factory=list)  # "KILL" or "TERM", one per kill time
     kills_done: int = 0
     runs: int = 0
     epochs_at_kills: list = field(default_factory=list)
@@ -65,7 +70,9 @@ class Trial:
         return self.failure is None and not self.differences
 
     def describe(self) -> str:
-        kills = ", ".join(f"{t:.1f}s" for t in self.kill_times[:self.kills_done]) or "none (finished first)"
+        signals = self.kill_signals or ["KILL"] * len(self.kill_times)
+        kills = ", ".join(f"{name}@{t:.1f}s" for t, name in zip(self.kill_times[:self.kills_done], signals)) \
+            or "none (finished first)"
         epochs = ", ".join("-" if e is None else str(e) for e in self.epochs_at_kills)
         text = f"{self.mode} trial {self.index}: killed at {kills} (last epoch saved: {epochs or '-'}), {self.runs} run(s)"
         if self.failure:
@@ -105,16 +112,46 @@ def _run_to_end(command: list[str], log_file: Path) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
-def _run_and_kill(command: list[str], kill_after: float, log_file: Path) -> int | None:
-    """Run ``command``; SIGKILL it after ``kill_after`` seconds. None when it was killed, else its exit code."""
+def _run_and_kill(command: list[str], kill_after: float, log_file: Path, how: str = "KILL",
+                  term_wait: float = 120.0) -> int | None | str:
+    """Run ``command``; after ``kill_after`` seconds SIGKILL it (``how="KILL"``) or send SIGTERM and wait up to
+    ``term_wait`` seconds for it to stop by itself. None when it was interrupted as it should be; its exit code
+    when it ended before the signal; a string describing what went wrong with a SIGTERM (no clean stop)."""
     with open(log_file, "a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_environment())
         try:
             return process.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
+            pass
+        if how == "KILL":
             process.send_signal(signal.SIGKILL)
             process.wait()
             return None
+        log.flush()
+        position = log_file.stat().st_size
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=term_wait)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return f"SIGTERM: still running after {term_wait:.0f} s"
+    tail = log_file.read_text(errors="replace")[position:]
+    if code == 0:
+        return 0  # it was finishing anyway (the signal came during the last epoch's saves)
+    # -15: the signal came before Python could install any handler (the first instants of start-up).
+    if code not in (143, -signal.SIGTERM):
+        return f"SIGTERM: exit {code}: {_last_line(tail)}"
+    if "Traceback" in tail:
+        return f"SIGTERM: a traceback: {_last_line(tail)}"
+    if code == 143 and not any(line.startswith("stopped:") for line in re.split(r"[\r\n]", tail)):
+        return f"SIGTERM: exit 143 without a 'stopped:' line: {_last_line(tail)}"
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def _last_error_line(log_file: Path) -> str:
@@ -224,9 +261,10 @@ def training_seconds(reference: Path, mode: str) -> float:
 
 
 def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teachers_root: Path, reference: Path,
-              work: Path, max_runs: int = 20) -> Trial:
-    """One trial: kill at each of ``kill_times`` (seconds after each start), then resume to the end; compare."""
-    trial = Trial(mode, index, kill_times)
+              work: Path, max_runs: int = 20, kill_signals: list[str] | None = None) -> Trial:
+    """One trial: interrupt at each of ``kill_times`` (seconds after each start) with the matching ``kill_signals``
+    (default SIGKILL), then resume to the end; compare."""
+    trial = Trial(mode, index, kill_times, list(kill_signals or ["KILL"] * len(kill_times)))
     output = work / f"{mode}-trial{index}"
     if output.exists():
         shutil.rmtree(output)
@@ -238,7 +276,10 @@ def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teache
         this = command if trial.runs == 0 else [*command, "--resume"]
         trial.runs += 1
         if trial.kills_done < len(kill_times):
-            code = _run_and_kill(this, kill_times[trial.kills_done], log_file)
+            code = _run_and_kill(this, kill_times[trial.kills_done], log_file, trial.kill_signals[trial.kills_done])
+            if isinstance(code, str):
+                trial.failure = code
+                return trial
             if code is None:
                 trial.kills_done += 1
                 trial.epochs_at_kills.append(_saved_epoch(last))
@@ -260,7 +301,7 @@ def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teache
 
 
 def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, work: Path | None = None,
-             report=print, patients: int = 30) -> dict[str, list[Trial]]:
+             report=print, patients: int = 30, term_share: float = 1 / 3) -> dict[str, list[Trial]]:
     """Run the soak; ``report`` gets each trial's line and the closing summary. Returns the trials per mode."""
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="fault-soak-")) if own_work else Path(work)
@@ -283,7 +324,10 @@ def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, w
             epochs_start = max(0.2, seconds - training_seconds(reference, mode))
             kill_times = [round(rng.uniform(epochs_start, 0.95 * seconds) if rng.random() < 2 / 3
                                 else rng.uniform(0.2, 0.9 * seconds), 2) for _ in range(rng.randint(1, max_kills))]
-            trial = run_trial(mode, index, kill_times, data, teachers_root, reference, work)
+            # Drawn from a generator of their own, so that the kill moments stay those of the SIGKILL-only soak.
+            signals = random.Random(f"{seed}-{mode}-{index}-signals")
+            kill_signals = ["TERM" if signals.random() < term_share else "KILL" for _ in kill_times]
+            trial = run_trial(mode, index, kill_times, data, teachers_root, reference, work, kill_signals=kill_signals)
             report(trial.describe())
             results[mode].append(trial)
     for mode, done in results.items():
@@ -292,10 +336,12 @@ def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, w
         for t in done:
             if t.failure:
                 failures[t.failure.split(":")[0]] = failures.get(t.failure.split(":")[0], 0) + 1
+        terms = sum(name == "TERM" for t in done for name in t.kill_signals[:t.kills_done])
         extra = [f"{n} {kind}" for kind, n in failures.items()]
         extra += [f"{n} different" for n in [sum(bool(t.differences) for t in done)] if n]
         extra += [f"{n} left temporaries" for n in [sum(bool(t.leftover_temporaries) for t in done)] if n]
-        report(f"{mode}: {identical}/{len(done)} identical" + (f" ({', '.join(extra)})" if extra else ""))
+        report(f"{mode}: {identical}/{len(done)} identical" + (f" ({', '.join(extra)})" if extra else "")
+               + f"; {sum(t.kills_done for t in done)} interruptions, {terms} of them SIGTERM")
     if own_work:
         report(f"work folder (logs of every run): {work}")
     return results
@@ -309,6 +355,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     parser.add_argument("--max-kills", type=int, default=3, help="kills per trial are drawn from 1..this (default 3)")
     parser.add_argument("--work", default=None, help="working folder (default: a new temporary folder, kept)")
+    parser.add_argument("--term-share", type=float, default=1 / 3,
+                        help="share of the interruptions that are SIGTERM rather than SIGKILL (default 1/3)")
     parser.add_argument("--patients", type=int, default=30,
                         help="synthetic patients (default 30; more make longer epochs and more kills inside them)")
     args = parser.parse_args(argv)
@@ -317,7 +365,8 @@ def main(argv=None) -> int:
     if unknown or args.trials < 1 or args.max_kills < 1:
         parser.error(f"--modes must be from {MODES}, --trials and --max-kills >= 1 (got {args.modes}, "
                      f"{args.trials}, {args.max_kills})")
-    results = run_soak(modes, args.trials, args.seed, args.max_kills, args.work, patients=args.patients)
+    results = run_soak(modes, args.trials, args.seed, args.max_kills, args.work, patients=args.patients,
+                       term_share=args.term_share)
     return 0 if all(t.identical for done in results.values() for t in done) else 1
 
 

@@ -43,6 +43,10 @@ def add_data_arguments(parser: ArgumentParser) -> None:
     group.add_argument("--image-cache", default=None,
                        help="folder of the image cache built with python -m common.image_cache (one read per batch, "
                             "augmentation on the device); default: decode the PNGs")
+    group.add_argument("--cache-size", type=positive_int, default=None,
+                       help="which size of a --image-cache folder holding several (256 and 512): default the size "
+                            "the model is evaluated at (256 for 224-px models, 512 for 448-px ones), or the "
+                            "folder's only size")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
 
 
@@ -53,7 +57,8 @@ def add_training_arguments(parser: ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32; original 16)")
     group.add_argument("--lr", type=positive_float, default=3e-4,
                        help="peak AdamW learning rate (default 3e-4 with warm-up and cosine decay; original 1e-3, "
-                            "constant)")
+                            "constant). A run whose training loss rises above 100x its first step's loss stops as "
+                            "diverged (docs/guide/faults.md)")
     group.add_argument("--weight-decay", type=non_negative_float, default=0.01,
                        help="AdamW weight decay (default 0.01, as the original)")
     group.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up (default 1)")
@@ -117,7 +122,7 @@ def add_localization_arguments(parser: ArgumentParser) -> None:
 RESUMED_FLAGS = ("data_dir", "split", "label_file", "val_fraction", "seed", "epochs", "batch_size", "lr",
                  "weight_decay", "warmup_epochs", "clip_grad", "pos_weight", "img_size", "crop_scale", "pretrained",
                  "no_amp", "eval_batch_size", "alpha", "temperature", "teacher_mode", "ensemble_weights",
-                 "student_init", "cache_dir", "image_cache")
+                 "student_init", "cache_dir", "image_cache", "cache_size")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from common.commands._flags import recorded_config, restore_resumed_flags
 from common.constants import CLASS_NAMES, NUM_CLASSES
 from common.data.split_data import DataFlags, SplitData
 from common.engine.loop import OptimiserSettings, fit
-from common.errors import UserError
+from common.errors import Interrupted, UserError
 from common.evaluation.scoring import ScoringSettings
 from common.models import ModelInfo, create_model, load_pretrained, model_info
 from common.models.pretrained import read_weights_file
@@ -42,7 +42,8 @@ def data_flags(args) -> DataFlags:
     """The data flags of a command that reads a checkpoint's split (None: the checkpoint's recorded value)."""
     return DataFlags(data_dir=args.data_dir, split=args.split, label_file=args.label_file,
                      val_fraction=args.val_fraction, image_cache=getattr(args, "image_cache", None),
-                     workers=getattr(args, "workers", None), threads=getattr(args, "threads", None))
+                     workers=getattr(args, "workers", None), threads=getattr(args, "threads", None),
+                     cache_size=getattr(args, "cache_size", None))
 
 
 def scoring_settings(args, **changes) -> ScoringSettings:
@@ -60,7 +61,8 @@ def training_data(args) -> SplitData:
                                                      cached=bool(getattr(args, "image_cache", None)),
                                                      processes=processes_per_node())
     return SplitData(args.data_dir, args.split, args.label_file, args.val_fraction, args.seed,
-                     parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None))
+                     parts=("train", "val"), workers=args.workers, image_cache=getattr(args, "image_cache", None),
+                     cache_size=getattr(args, "cache_size", None), img_size=args.img_size)
 
 
 def resume_state_for(args, paths: CheckpointPaths, model_name: str) -> dict | None:
@@ -170,6 +172,12 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     try:
         run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None,
                             init_flag=init_flag)
+    except Interrupted as stop:
+        if lock is not None:
+            lock.release()
+        raise Interrupted(stop.signal_number, stop.message or (
+            f"{stop.signal_name} while {prefix} was starting (before its first step): nothing of this run was saved"
+            + _earlier_files(Path(output_dir), prefix) + "; rerun the same command")) from None
     except BaseException:
         if lock is not None:
             lock.release()
@@ -178,6 +186,13 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
     if run.finished:
         run.release()
     return run
+
+
+def _earlier_files(output_dir: Path, prefix: str) -> str:
+    """``; the files already there (...) are unchanged`` for a folder holding files of an earlier run or state."""
+    paths = CheckpointPaths.for_prefix(output_dir, prefix)
+    present = [p.name for p in (paths.best, paths.last, paths.log, paths.curves) if p.exists()]
+    return f"; the files already there ({', '.join(present)}) are unchanged" if present else ""
 
 
 def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool,

@@ -24,7 +24,67 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
     parser.add_argument("--no-ood", action="store_true",
                         help="do not fit the out-of-distribution statistics (<stem>-ood.json: Mahalanobis distance of "
                              "the pre-logits features, fitted on training images, threshold on validation images)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results beside the checkpoint that were made with other options (default: "
+                             "refuse; results made with the same options are replaced)")
     return parser
+
+
+#: The flags that change what test-model.py measures. Results beside a checkpoint made with other values of any of
+#: them are not replaced without --overwrite (docs/guide/faults.md §4); rerunning with the same values replaces them.
+RESULT_OPTIONS = ("predictions", "split", "label_file", "val_fraction", "tencrop", "no_amp", "n_boot",
+                  "subgroup_boot", "demographics", "cam", "localization", "bbox_file")
+
+# Result files a run with other options may have left that a new run does not write (removed by --overwrite).
+_EXTRA_OUTPUTS = ("-test-cam", "-test-cam-sheet.png", "-test-localization.txt", "-test-reliability.png")
+
+
+def result_options(args) -> dict:
+    """The values of :data:`RESULT_OPTIONS` this run uses, as recorded in ``<stem>-test.json``."""
+    return {key: getattr(args, key, None) for key in RESULT_OPTIONS}
+
+
+def check_results_replaceable(stem: Path, options: dict, overwrite: bool) -> None:
+    """Refuse (UserError) to replace ``<stem>-test.json`` and its companions when they were made with other
+    options, unless ``overwrite``; results of the same options (of this or an earlier version of the checkpoint)
+    are replaced."""
+    import json
+    report_path = Path(f"{stem}-test.json")
+    if overwrite or not report_path.exists():
+        return
+    advice = "pass --overwrite to replace them, or test a copy of the checkpoint under another name"
+    try:
+        recorded = json.loads(report_path.read_text(encoding="utf-8")).get("options")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{report_path} exists but cannot be read ({err}); {advice}") from None
+    if recorded is None:
+        raise UserError(f"{report_path} holds results of an earlier version that did not record its options; "
+                        f"{advice}")
+    differing = [f"--{key.replace('_', '-')} {_shown(recorded.get(key))} then, {_shown(options[key])} now"
+                 for key in RESULT_OPTIONS if recorded.get(key) != options[key]]
+    if differing:
+        raise UserError(f"{report_path} holds results made with other options ({'; '.join(differing)}); {advice}")
+
+
+def _shown(value) -> str:
+    if value is None or isinstance(value, bool):
+        return {True: "on", False: "off", None: "unset"}[value]
+    return str(value)
+
+
+def remove_other_outputs(stem: Path, written) -> None:
+    """After ``--overwrite``: remove the result files of the replaced run that this run did not write again."""
+    import shutil
+    written = {Path(p) for p in written}
+    for suffix in _EXTRA_OUTPUTS:
+        path = Path(f"{stem}{suffix}")
+        if path in written or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        print(f"removed {path} (a result of the replaced run)")
 
 
 def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> int:
@@ -57,6 +117,8 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     if checkpoint.is_dir():
         raise UserError(f"{checkpoint} is a model folder; test-model.py scores the checkpoint file it was exported "
                         "from (its config.json names it)")
+    options = result_options(args)
+    check_results_replaceable(checkpoint.with_suffix(""), options, args.overwrite)
     settings = scoring_settings(args)
     boxes = read_boxes(args.bbox_file) if (args.localization or args.cam or args.bbox_file) else None
     print("=> loading checkpoint")
@@ -92,8 +154,12 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
         if stats is not None:
             extra.append(ood_path(checkpoint))
     result.report["ood"] = ood
+    result.report["options"] = options
     paths = write_results(result)
     extra.append(write_model_card(result, checkpoint_dict, ood))
+    if args.overwrite:
+        cam_folder = [Path(f"{checkpoint.with_suffix('')}-test-cam")] if args.cam else []
+        remove_other_outputs(checkpoint.with_suffix(""), [*paths.values(), *extra, *cam_folder])
     print("results written: " + ", ".join(str(p) for p in [*paths.values(), *extra]))
     return 0
 
@@ -108,9 +174,14 @@ def _score_predictions(args) -> int:
     path = Path(args.predictions)
     if not path.is_file():
         raise UserError(f"predictions file {path} does not exist")
+    options = result_options(args)
+    check_results_replaceable(path.with_suffix(""), options, args.overwrite)
     settings = scoring_settings(args)
     result = score_predictions_file(path, predictions_split(settings.data), settings)
     print_result(result)
+    result.report["options"] = options
     paths = write_results(result)
+    if args.overwrite:
+        remove_other_outputs(path.with_suffix(""), paths.values())
     print("results written: " + ", ".join(str(p) for p in paths.values()))
     return 0

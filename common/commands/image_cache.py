@@ -19,7 +19,8 @@ def get_args_parser() -> ArgumentParser:
                             description="Decode the CXR8 PNGs once into a memory-mapped uint8 image cache that "
                                         "training, evaluation, distillation and comparison read with --image-cache.")
     parser.add_argument("--data-dir", default=None, help="folder holding the PNGs (default: $CXR8_DATA_DIR)")
-    parser.add_argument("--out", required=True, help="cache folder (created; several sizes can share it)")
+    parser.add_argument("--out", required=True, help="cache folder (created; several sizes can share it: each command reads the size its "
+                             "model is evaluated at, or the one --cache-size names)")
     parser.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                         help="stored side S in pixels: 256 (default; the eval view of 224-px models) or 512 "
                              "(448-px models); 7.3 GB / 29 GB for the whole data set")

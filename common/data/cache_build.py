@@ -3,10 +3,13 @@ read side is :mod:`common.data.image_cache`.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -29,8 +32,9 @@ from common.data.image_cache import (
     open_image_cache,
 )
 from common.data.images import index_images, load_png
-from common.errors import UserError
+from common.errors import Interrupted, UserError, filesystem_errors, os_error_reason
 from common.runtime.progress import progress
+from common.runtime.signals import ignore_stop_signals_in_worker
 
 # How often (seconds) the build flushes the array and records its progress; a kill loses at most this much work.
 PROGRESS_EVERY = 2.0
@@ -114,15 +118,25 @@ def build_image_cache(data_dir, names, out_dir, size: int = DEFAULT_SIZE, worker
     done = _resumable_chunks(files, identity, chunk_prints, len(names), size)
     if done is None:
         np.lib.format.open_memmap(files["partial"], mode="w+", dtype=np.uint8, shape=(len(names), size, size))
+        reserve_space(files["partial"], remove_on_failure=True)
         done = {}
         _save_progress(files["progress"], identity, done)
-    elif done:
-        print(f"resuming the image cache build: {sum(len(chunks[c]) for c in done):,} of {len(names):,} images "
-              "already decoded")
+    else:
+        reserve_space(files["partial"], remove_on_failure=False)  # a build started by an older version: sparse
+        if done:
+            print(f"resuming the image cache build: {sum(len(chunks[c]) for c in done):,} of {len(names):,} images "
+                  "already decoded")
 
     todo = [c for c in range(len(chunks)) if c not in done]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    errors = _decode_into(files, identity, chunks, chunk_prints, paths, size, todo, done, workers, after_chunk)
+    try:
+        errors = _decode_into(files, identity, chunks, chunk_prints, paths, size, todo, done, workers, after_chunk)
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM: _decode_into has recorded the chunks it finished
+        stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+        kept = sum(len(chunks[c]) for c in done)
+        raise Interrupted(stop.signal_number, f"{stop.signal_name} during the image cache build: {kept:,} of "
+                          f"{len(names):,} images are decoded and kept in {files['partial']}; rerun the same "
+                          "command to finish it") from None
     if errors:
         shown = "; ".join(f"{path}: {reason}" for path, reason in errors[:3])
         raise UserError(f"{len(errors)} of {len(names)} image(s) cannot be decoded (first: {shown}); replace or "
@@ -147,6 +161,41 @@ def build_image_cache(data_dir, names, out_dir, size: int = DEFAULT_SIZE, worker
     print(f"image cache {files['images']}: {len(names):,} images of {size}x{size} "
           f"({files['images'].stat().st_size / 2**30:.2f} GiB)")
     return open_image_cache(out_dir, size=size)
+
+
+def reserve_space(path: Path, remove_on_failure: bool) -> None:
+    """Allocate the whole array file ``path`` now, before anything is decoded into it.
+
+    A new ``.npy`` memory map is a sparse file: on a full disk the first write into a page without a block raises
+    SIGBUS in the process (exit 135, "Bus error"), not an ``OSError``. ``os.posix_fallocate`` reserves every block
+    up front, so a full disk is one :class:`UserError` naming the file, the space it needs and the space free.
+    ``remove_on_failure``: delete the (empty) file then, so that it does not keep what it had been given.
+    """
+    needed = path.stat().st_size
+    try:
+        with filesystem_errors(path, action="open"):
+            handle = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(handle, 0, needed)
+        finally:
+            os.close(handle)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return  # a file system without fallocate: nothing to reserve with; the build goes on as before
+        if remove_on_failure:
+            path.unlink(missing_ok=True)
+        usage = shutil.disk_usage(path.parent)
+        kept = "nothing was decoded" if remove_on_failure else f"the images already decoded stay in {path}"
+        raise UserError(f"cannot reserve {_size(needed)} for the image cache {path}: {os_error_reason(err)}, "
+                        f"{_size(usage.free)} free on its file system; {kept}: free some space or choose another "
+                        "--out") from None
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _resumable_chunks(files, identity, chunk_prints, count, size) -> dict | None:
@@ -195,7 +244,8 @@ def _decode_into(files, identity, chunks, chunk_prints, paths, size, todo, done,
     tasks = [(c, [str(paths[i]) for i in chunks[c]], size) for c in todo]
     total = sum(len(chunks[c]) for c in todo)
     try:
-        with multiprocessing.Pool(workers) as pool:
+        # The workers leave Ctrl-C to this process (which ends the pool) and die quietly on SIGTERM.
+        with multiprocessing.Pool(workers, initializer=ignore_stop_signals_in_worker) as pool:
             results = pool.imap_unordered(_decode_chunk, tasks)
             with progress(None, f"caching {size}px images ({workers} workers)", unit="img", total=total) as bar:
                 for chunk, images, chunk_errors, non_square in results:

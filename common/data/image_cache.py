@@ -134,8 +134,12 @@ class ImageCache:
 
 
 def open_image_cache(cache_dir, data_dir=None, names_needed=None, size: int | None = None,
-                     index: dict | None = None) -> ImageCache:
+                     index: dict | None = None, prefer: int | None = None) -> ImageCache:
     """Open a complete cache and check it; returns an :class:`ImageCache`.
+
+    ``size`` chooses among the sizes a folder holds (``--cache-size``); without it the folder's only size is used,
+    or, when it holds several, ``prefer`` (the size the model needs: ``eval_resize(img_size)``, 256 for 224-px
+    models, 512 for 448-px ones) when it is one of them.
 
     Refused with a UserError naming what differs: an unfinished build (no manifest), a manifest of another format,
     an array or files table that does not match the manifest, a ``size`` other than the cache's, names of
@@ -149,8 +153,11 @@ def open_image_cache(cache_dir, data_dir=None, names_needed=None, size: int | No
     if size is None:
         sizes = sorted(int(p.stem.split("-", 1)[1]) for p in directory.glob("manifest-*.json")
                        if p.stem.split("-", 1)[1].isdigit())
-        if len(sizes) > 1:
-            raise UserError(f"image cache {directory} holds several sizes ({', '.join(map(str, sizes))}); "
+        if len(sizes) > 1 and prefer in sizes:
+            sizes = [prefer]
+        elif len(sizes) > 1:
+            wanted = f" and none is the {prefer}-px size this model is evaluated at" if prefer else ""
+            raise UserError(f"image cache {directory} holds several sizes ({', '.join(map(str, sizes))}){wanted}; "
                             "choose one with --cache-size")
         if not sizes:
             unfinished = sorted(directory.glob("images-*.npy.partial"))

@@ -154,21 +154,34 @@ def read_data_entry(label_file: str | os.PathLike = "v2020") -> DataEntry:
         patients = frame["Patient ID"].str.strip().astype(np.int64).to_numpy()
     except ValueError:
         raise UserError(f"{path}: a 'Patient ID' value is not an integer") from None
-    row_of = {name: row for row, name in enumerate(names)}
-    if len(row_of) != len(names):
-        raise UserError(f"{path} lists an image more than once")
+    row_of = {}
+    for row, name in enumerate(names):
+        if name in row_of:  # lines counted from the header, line 1
+            raise UserError(f"{path}, line {row + 2}: image {name} is listed again (first on line "
+                            f"{row_of[name] + 2}); each image may appear once")
+        row_of[name] = row
     return DataEntry(str(path), version, tuple(names), labels.astype(np.uint8), patients, row_of)
 
 
+def _refuse_repeat(path: Path, name: str, number: int, first_lines: dict) -> None:
+    """An image listed twice is refused, labels alike or not: kept, it would weigh twice in training or scoring."""
+    if name in first_lines:
+        raise UserError(f"{path}, line {number}: image {name} is listed again (first on line {first_lines[name]}); "
+                        "each image may appear once")
+    first_lines[name] = number
+
+
 def read_name_list(path: Path) -> list[str]:
-    """Read an official-format list: one image name per line, no labels (a trailing newline is optional)."""
-    names = []
+    """Read an official-format list: one image name per line, no labels (a trailing newline is optional).
+    A name listed twice is a :class:`UserError` naming both lines."""
+    names, first_lines = [], {}
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 1 or not fields[0].lower().endswith(".png"):
             raise UserError(f"{path}, line {number}: expected one image name (*.png), got {line.strip()[:60]!r}")
+        _refuse_repeat(path, fields[0], number, first_lines)
         names.append(fields[0])
     if not names:
         raise UserError(f"{path} lists no images")
@@ -176,8 +189,9 @@ def read_name_list(path: Path) -> list[str]:
 
 
 def read_labelled_list(path: Path) -> tuple[list[str], np.ndarray]:
-    """Read the original's list format: ``name`` then 14 space-separated 0/1 labels in CheXNet class order."""
-    names, rows = [], []
+    """Read the original's list format: ``name`` then 14 space-separated 0/1 labels in CheXNet class order.
+    A name listed twice (with the same labels or not) is a :class:`UserError` naming both lines."""
+    names, rows, first_lines = [], [], {}
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -188,6 +202,7 @@ def read_labelled_list(path: Path) -> tuple[list[str], np.ndarray]:
         if any(value not in ("0", "1") for value in fields[1:]):
             bad = next(value for value in fields[1:] if value not in ("0", "1"))
             raise UserError(f"{path}, line {number}: label value {bad!r} is not 0 or 1")
+        _refuse_repeat(path, fields[0], number, first_lines)
         names.append(fields[0])
         rows.append([int(value) for value in fields[1:]])
     if not names:

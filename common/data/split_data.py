@@ -12,7 +12,7 @@ from common.data.datasets import CachedBatchDataset, CachedImageSource, CXR8Data
 from common.data.device_augment import DeviceAugment
 from common.data.fingerprint import data_identity
 from common.data.image_cache import eval_view_note, open_image_cache
-from common.data.images import index_images, require_images
+from common.data.images import eval_resize, index_images, require_images
 from common.data.splits import SplitPart, build_split
 from common.data.transforms import build_transform
 from common.errors import UserError
@@ -42,6 +42,7 @@ class DataFlags:
     image_cache: str | None = None
     workers: int | None = None
     threads: int | None = None
+    cache_size: int | None = None  # --cache-size: which size of the image cache folder (None: the model's)
 
 
 def split_data_for(config: dict, flags: DataFlags, parts) -> "SplitData":
@@ -52,7 +53,8 @@ def split_data_for(config: dict, flags: DataFlags, parts) -> "SplitData":
     _, workers = apply_thread_choice(flags.workers, flags.threads, cached=bool(flags.image_cache),
                                      processes=processes_per_node())
     return SplitData(flags.data_dir or config.get("data_dir"), flags.split or config["split"], label_file,
-                     val_fraction, config.get("seed", 0), parts=parts, workers=workers, image_cache=flags.image_cache)
+                     val_fraction, config.get("seed", 0), parts=parts, workers=workers, image_cache=flags.image_cache,
+                     cache_size=flags.cache_size, img_size=config.get("img_size"))
 
 
 class SplitData:
@@ -60,11 +62,13 @@ class SplitData:
 
     With ``image_cache`` (a folder built by ``python -m common.image_cache``) the pixels come from the cache,
     checked against ``data_dir`` (same source folder, needed images unchanged since the build): loaders read a
-    whole batch with one read of its memory map, and :meth:`batches` leaves the augmentation to the device.
+    whole batch with one read of its memory map, and :meth:`batches` leaves the augmentation to the device. A folder
+    holding several sizes gives ``cache_size``, or else the size models of ``img_size`` are evaluated at.
     """
 
     def __init__(self, data_dir, split: str, label_file, val_fraction: float, seed: int, parts, workers: int,
-                 source_factory=PngImageSource, image_cache=None):
+                 source_factory=PngImageSource, image_cache=None, cache_size: int | None = None,
+                 img_size: int | None = None):
         self.data_dir = resolve_data_dir(data_dir)
         self.index = index_images(self.data_dir)
         self._identities: dict[tuple, dict] = {}  # data_identity per set of names (see identity())
@@ -74,7 +78,8 @@ class SplitData:
         self.cache = None
         if image_cache is not None:
             # The cache check stats the needed files (unchanged since the build); no PNG is opened.
-            self.cache = open_image_cache(image_cache, data_dir=self.data_dir, names_needed=names, index=self.index)
+            self.cache = open_image_cache(image_cache, data_dir=self.data_dir, names_needed=names, index=self.index,
+                                          size=cache_size, prefer=eval_resize(img_size) if img_size else None)
             print(f"reading images from {self.cache}")
             self.source = CachedImageSource(self.cache)
         else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -18,8 +20,7 @@ from common.data.fingerprint import file_sha256
 from common.data.images import eval_resize
 from common.data.split_data import SplitData
 from common.engine.losses import MultiLabelKDLoss
-from common.errors import UserError
-from common.models.serialization import read_checkpoint_file
+from common.errors import Interrupted, UserError, filesystem_errors
 from common.runs.checkpoint import load_model_from_checkpoint, save_atomic
 from common.runs.folder import remove_stale_temporaries
 from common.runtime.device import precision_name
@@ -121,13 +122,33 @@ def build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, batc
         distributed.barrier()
         key = cache_key(teacher, data, device, amp_dtype)
         path = cache_dir / _cache_name(teacher, key)
-        state = read_checkpoint_file(path, what="teacher cache")
+        state, damage = read_teacher_cache(path)
+        if state is None:
+            raise UserError(f"teacher cache {path}, just written by rank 0, cannot be read by rank "
+                            f"{distributed.rank}: {damage}", every_rank=True)
         if state.get("key") != key or state["filled"] != key["n_images"]:
             raise UserError(f"teacher cache {path} written by rank 0 does not match this process's view of the data")
         return state["logits"]
     logits = _build_or_load_cache(teacher, data, cache_dir, batch_size, device, amp_dtype)
     distributed.barrier()
     return logits
+
+
+def read_teacher_cache(path: Path) -> tuple[dict | None, str | None]:
+    """``(state, None)`` for a readable teacher cache file, ``(None, what is wrong)`` for a damaged one (truncated,
+    not a torch file, or without the entries a cache has); a file that cannot be opened at all is a UserError."""
+    try:
+        with filesystem_errors(path, action="read"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception as err:  # torch.load's many failure types (zip, pickle, EOF, runtime) all mean "damaged"
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        return None, first.split(". ")[0][:160]  # torch's zip reader goes on with advice about its internals
+    if not isinstance(state, dict) or not {"key", "filled", "logits"} <= set(state) \
+            or not isinstance(state["logits"], torch.Tensor) or not isinstance(state["filled"], int):
+        return None, "it lacks the key, filled and logits entries of a teacher cache"
+    return state, None
 
 
 def _cache_name(teacher: Teacher, key: dict) -> str:
@@ -141,8 +162,10 @@ def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, bat
     path = cache_dir / _cache_name(teacher, key)
     state = None
     if path.is_file():
-        state = read_checkpoint_file(path, what="teacher cache")
-        if state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
+        state, damage = read_teacher_cache(path)
+        if state is None:
+            print(f"warning: teacher cache {path} is damaged ({damage}); rebuilding it", file=sys.stderr)
+        elif state.get("key") != key or tuple(state["logits"].shape) != (key["n_images"], NUM_CLASSES):
             print(f"teacher cache {path} does not match this teacher/split/image files/precision; rebuilding it")
             state = None
         elif state["filled"] == key["n_images"]:
@@ -174,17 +197,26 @@ def _build_or_load_cache(teacher: Teacher, data: SplitData, cache_dir: Path, bat
     with torch.no_grad():
         bar = progress(loader, f"teacher cache {path.name}", unit="batch", initial=state["filled"] // batch_size,
                        total=state["filled"] // batch_size + len(loader))
-        for step, batch in enumerate(bar, start=1):
-            images = batch["image"].to(device, non_blocking=True)
-            if augment is not None:
-                images = augment(images)  # the eval view of the cached uint8 batch, made on the device
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = teacher.model(images).float()
-            count = logits.shape[0]
-            state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
-            state["filled"] += count
-            if step % SAVE_EVERY_BATCHES == 0:
+        try:
+            for step, batch in enumerate(bar, start=1):
+                images = batch["image"].to(device, non_blocking=True)
+                if augment is not None:
+                    images = augment(images)  # the eval view of the cached uint8 batch, made on the device
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = teacher.model(images).float()
+                count = logits.shape[0]
+                state["logits"][state["filled"]:state["filled"] + count] = logits.cpu().half()
+                state["filled"] += count
+                if step % SAVE_EVERY_BATCHES == 0:
+                    save_atomic(state, path)
+        except KeyboardInterrupt as err:  # SIGINT or SIGTERM: keep what is done, say so
+            stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+            if state["filled"]:
                 save_atomic(state, path)
+            raise Interrupted(stop.signal_number, f"{stop.signal_name} while building the teacher cache {path}: "
+                              f"{state['filled']:,} of {key['n_images']:,} images are saved in it, and nothing of "
+                              "the student was trained; rerun the same command to finish the cache and train") \
+                from None
     save_atomic(state, path)
     print(f"teacher cache written: {path}")
     return state["logits"]

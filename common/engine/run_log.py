@@ -5,7 +5,7 @@ import csv
 import os
 from pathlib import Path
 
-from common.atomic import write_csv_atomic
+from common.atomic import StagedWrites, write_csv, write_csv_atomic
 from common.errors import UserError, filesystem_errors
 
 
@@ -73,9 +73,10 @@ class TrainingLog:
         self._write()
         return len(self._rows)
 
-    def append(self, row: dict) -> None:
-        """Add one completed epoch's row and rewrite the file atomically. The row must have exactly the log's
-        columns and a larger epoch than the last row (``ValueError`` otherwise: a caller bug)."""
+    def append(self, row: dict, staged: StagedWrites | None = None) -> None:
+        """Add one completed epoch's row and rewrite the file atomically (through ``staged``, when given, so that it
+        is replaced together with the epoch's checkpoints). The row must have exactly the log's columns and a larger
+        epoch than the last row (``ValueError`` otherwise: a caller bug)."""
         if self._rows is None:
             raise RuntimeError("TrainingLog.append before start_over(), restore() or truncate_to(): "
                                "the log does not know whether this run continues the file or replaces it")
@@ -83,7 +84,7 @@ class TrainingLog:
         if self._rows and int(row["epoch"]) <= int(self._rows[-1]["epoch"]):
             raise ValueError(f"log row for epoch {row['epoch']} after epoch {self._rows[-1]['epoch']}")
         self._rows.append(row)
-        self._write()
+        self._write(staged)
 
     def _checked(self, row: dict) -> dict:
         if set(row) != set(self.columns):
@@ -92,5 +93,8 @@ class TrainingLog:
             raise ValueError(f"log row epoch {row['epoch']!r} is not a non-negative integer")
         return {column: str(row[column]) for column in self.columns}
 
-    def _write(self) -> None:
-        write_csv_atomic(self.path, self.columns, self._rows)
+    def _write(self, staged: StagedWrites | None = None) -> None:
+        if staged is None:
+            write_csv_atomic(self.path, self.columns, self._rows)
+        else:
+            staged.write(self.path, lambda stream: write_csv(stream, self.columns, self._rows), "w")

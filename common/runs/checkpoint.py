@@ -51,13 +51,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    _require_torch_archive(path)
     # mmap: callers that only look at the metadata (the comparison's split check) do not read the weights. Tensors
     # and plain values only, with no opt-out: a DTforCXR8 checkpoint never holds anything else.
     checkpoint = read_checkpoint_file(path, mmap=True)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_name" not in checkpoint:
-        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); "
-                        "use --pretrained to start from a published weight file")
+        raise UserError(f"{path} is not a DTforCXR8 checkpoint (no 'model'/'model_name' entries); a published "
+                        "weight file is a starting point for train-model.py --pretrained")
     return checkpoint
+
+
+# First bytes of the files most often passed by mistake; a torch checkpoint is a zip archive ("PK\x03\x04").
+_KNOWN_FORMATS = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                  (b"\x08", "possibly an ONNX model"), (b"{", "a JSON text file"))
+
+
+def _require_torch_archive(path: Path) -> None:
+    """Refuse, naming what it looks like, a file that is not a torch zip archive (before torch reads it)."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(132)
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if head.startswith(b"PK\x03\x04"):
+        return
+    if head.startswith(b"\x80"):
+        raise UserError(f"{path} is a checkpoint in torch's legacy format (before torch 1.6); load it with torch and "
+                        "save it again with torch.save to use it here")
+    looks = next((name for magic, name in _KNOWN_FORMATS if head.startswith(magic)), None)
+    if looks is None and head[128:132] == b"DICM":
+        looks = "a DICOM image"
+    kind = f"; it looks like {looks}" if looks else ""
+    raise UserError(f"{path} is not a checkpoint (not a PyTorch checkpoint file, which is a zip archive){kind}")
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, expected_model: str | None = None):

@@ -52,6 +52,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def random_state() -> dict:
+    """Every global random generator a training step draws from (python, numpy, torch CPU and CUDA), as values a
+    ``weights_only`` checkpoint can hold: saved with a run stopped mid-epoch, so that it resumes with the same draws."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict) -> None:
+    """Put back what :func:`random_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    saved = state["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                         saved["has_gauss"], saved["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def precision_name(amp_dtype) -> str:
     """``fp32``, ``bf16`` or ``fp16``: the precision the forward passes ran in."""
     return {None: "fp32"}.get(amp_dtype) or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(amp_dtype)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import socket
 import sys
 import warnings
 from dataclasses import dataclass
@@ -62,6 +63,29 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    peers: tuple = ()  # (host, pid) of every rank, to name the one that ended when a collective fails
+
+    def peer_failure(self, err: BaseException) -> str | None:
+        """``rank 1 of 2 (pid 123 on host) has ended``-style words when ``err`` is a collective that failed because
+        another process of the run is gone; None for any other error (one process, or a failure of this one).
+
+        gloo reports a dead peer as a closed or reset connection; NCCL as a DistBackendError. The ranks named are
+        those whose process is no longer alive on this host; a peer on another host is named by its host."""
+        if not self.enabled:
+            return None
+        text = str(err)
+        backend_error = getattr(dist, "DistBackendError", ())
+        if not (isinstance(err, backend_error) or any(sign in text for sign in PEER_GONE)):
+            return None
+        host = socket.gethostname()
+        gone = [rank for rank, (peer_host, pid) in enumerate(self.peers)
+                if rank != self.rank and peer_host == host and not _alive(pid)]
+        if gone:
+            names = ", ".join(f"rank {rank} of {self.world_size} (pid {self.peers[rank][1]})" for rank in gone)
+            return f"{names} {'has' if len(gone) == 1 else 'have'} ended"
+        remote = sorted({peer_host for peer_host, _ in self.peers if peer_host != host})
+        where = f" (on {', '.join(remote)})" if remote else ""
+        return f"another process of this {self.world_size}-process run{where} has ended or lost its connection"
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +143,23 @@ class Distributed:
         dist.all_gather_object(shards, (logits, targets, np.asarray(positions)))
         return merge_shards(shards, total)
 
+    def sum_values(self, values: list[float], device: torch.device) -> list[float]:
+        """``values`` summed over every process (the values themselves for one process): one small all-reduce, for
+        the checks every process must decide alike (the divergence rule, a stop requested by a signal)."""
+        if not self.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather_objects(self, value) -> list:
+        """Every process's ``value`` in rank order (``[value]`` for one process)."""
+        if not self.enabled:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def reduce_epoch_stats(self, stats: dict) -> dict:
         """The training statistics of an epoch over all processes: the sample-weighted mean loss, the summed images
         and images per second (the slowest process's seconds)."""
@@ -133,6 +174,28 @@ class Distributed:
         seconds = float(slowest.item())
         return {**stats, "loss": float(summed[0].item()) / max(images, 1), "images": images, "seconds": seconds,
                 "img_per_s": images / max(seconds, 1e-9), "skipped_steps": int(summed[3].item())}
+
+
+# How gloo words a collective whose peer process is gone (its sockets closed by the kernel).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+             "connection closed", "Socket closed")
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a dead child torchrun has not collected yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def shard_positions(count: int, rank: int, world_size: int) -> list[int]:
@@ -184,4 +247,6 @@ def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.dev
             # One copy of every message: rank 0 speaks for the run (errors are handled in common.commands._cli.run_main).
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - open for the life of the process
             warnings.simplefilter("ignore")  # rank 0 prints the same warnings (about the same gathered data)
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank), device
+    peers = [None] * world_size
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, peers=tuple(peers)), device
