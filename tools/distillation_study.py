@@ -75,8 +75,7 @@ BASE = Recipe()
 # (factor, recipe): the base and one change at a time.
 VARIANTS = (
     ("base", BASE),
-    ("alpha", replace(BASE, alpha=0.7)),
-    ("alpha", replace(BASE, alpha=0.9)),
+    ("alpha", replace(BASE, alpha=0.9)),  # α = 1 is the baseline itself
     ("temperature", replace(BASE, temperature=1.0)),
     ("temperature", replace(BASE, temperature=4.0)),
     ("epochs", replace(BASE, epochs=12)),
@@ -128,7 +127,7 @@ def prepare_data(settings: Settings, structure: str) -> tuple[Path, Path]:
         with captured(root / "logs" / "data.log"):
             generate_synthetic_cxr8(data_dir, num_patients=settings.patients, seed=DATA_SEED,
                                     label_structure=structure)
-    cache_dir = root / "image-cache"
+    cache_dir = root / f"image-cache-{eval_resize(settings.img_size)}"  # one size per cache folder
     split = build_split(str(data_dir / "labels"), None, 0.1, DATA_SEED)
     with captured(root / "logs" / "data.log"):
         build_image_cache(data_dir / "images", sorted({n for part in split.parts.values() for n in part.names}),
@@ -362,8 +361,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sets", default=",".join(LABEL_STRUCTURES),
                         help="label structures to run, comma-separated (default plain,nih)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
-    parser.add_argument("--patients", type=int, default=300, help="synthetic patients per set (default 300)")
-    parser.add_argument("--img-size", type=int, default=48, help="model input size (default 48)")
+    parser.add_argument("--patients", type=int, default=150, help="synthetic patients per set (default 150)")
+    parser.add_argument("--img-size", type=int, default=32, help="model input size (default 32)")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
     parser.add_argument("--n-boot", type=int, default=1000, help="paired patient bootstrap resamples (default 1000)")
     parser.add_argument("--variants", default=None,
