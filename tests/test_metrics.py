@@ -323,3 +323,38 @@ def test_weighted_auroc_kernel_equals_roc_auc_score_on_repeated_images():
                 assert abs(got[c] - roc_auc_score(column, scores[repeated, c])) <= 1e-12
             else:
                 assert np.isnan(got[c])
+
+
+def test_a_class_predicted_positive_for_no_image_is_flagged_beside_f1_and_accuracy():
+    # Class B gets probabilities below 0.5 everywhere: at 0.5 it predicts no positive, so its F1 is 0 and its
+    # accuracy is exactly the share of negatives (2 of 4) -- an all-negative rule, not skill.
+    probs = P.copy()
+    probs[:, 1] = [0.1, 0.2, 0.3, 0.4]
+    with pytest.warns(UndefinedMetricWarning):
+        report = metrics.evaluation_report(Y, probs, NAMES, val_thresholds=[0.35, 0.25, 0.5])
+    block = report["threshold_0.5"]
+    assert block["predicted_positives"] == {"A": 1, "B": 0, "C": 1}
+    assert block["no_positive_classes"] == ["B"]
+    assert block["f1"]["B"] == 0.0 and block["accuracy"]["B"] == pytest.approx((Y[:, 1] == 0).mean())
+    assert report["threshold_val_max_f1"]["no_positive_classes"] == []
+    assert json.loads(json.dumps(report, allow_nan=False)) == report
+    table = metrics.format_metrics_table(report)
+    rows = table.splitlines()
+    row_b = next(row for row in rows if row.startswith("B "))
+    assert "0.000*" in row_b and "0.500*" in row_b  # F1@0.5 and Acc@0.5 marked
+    assert row_b.count("*") == 2  # the @val values of B are not (its val threshold predicts positives)
+    row_a = next(row for row in rows if row.startswith("A "))
+    assert "*" not in row_a
+    macro = next(row for row in rows if row.startswith("Macro"))
+    assert macro.count("*") == 2
+    assert rows[-1].startswith("* no image predicted positive at 0.5 for 1 of 3 classes (B)")
+    assert "not skill" in rows[-1]
+    assert len({len(row) for row in rows[:-2]}) == 1  # still fixed width
+
+
+def test_a_table_without_degenerate_classes_has_no_mark():
+    with pytest.warns(UndefinedMetricWarning):
+        report = metrics.evaluation_report(Y, P, NAMES)
+    assert report["threshold_0.5"]["no_positive_classes"] == []
+    table = metrics.format_metrics_table(report)
+    assert "*" not in table and "no image predicted positive" not in table

@@ -359,12 +359,18 @@ def _row(entry: dict, result) -> dict:
         report = result.report
         at_half = report["threshold_0.5"]["macro"]
         at_val = report.get("threshold_val_max_f1", {}).get("macro", {})
+        # Classes predicted positive for no test image: their F1 and accuracy are those of an all-negative rule.
+        none_half = report["threshold_0.5"].get("no_positive_classes", [])
+        none_val = report.get("threshold_val_max_f1", {}).get("no_positive_classes", [])
         calibration = report.get("calibration", {})
         loc = entry.get("localization")
         row.update({"params": entry.get("params"), "macs": entry.get("macs"), "img_size": entry.get("img_size"),
                     "mean_auroc": report["mean_auroc"], "mean_f1@0.5": at_half["f1"],
                     "accuracy@0.5": at_half["accuracy"], "mean_f1@val": at_val.get("f1"),
                     "accuracy@val": at_val.get("accuracy"),
+                    "no_positive@0.5": len(none_half), "no_positive_classes@0.5": "|".join(none_half),
+                    "no_positive@val": len(none_val) if at_val else None,
+                    "no_positive_classes@val": "|".join(none_val),
                     "auroc_PA": _view_auroc(report, "PA"), "auroc_AP": _view_auroc(report, "AP"),
                     "mean_ece": calibration.get("mean_ece"), "mean_brier": calibration.get("mean_brier"),
                     "loc_acc_iobb0.1": mean_localization_accuracy(loc, "iobb", 0.1),
@@ -392,6 +398,17 @@ def _bootstrap(entries, results, n_boot: int) -> list[dict]:
             row["status"] = "ok"
         rows.append(row)
     return rows
+
+
+def _degenerate_cells(row: dict, where: str) -> tuple[str, str]:
+    """``mean F1`` and ``accuracy`` cells at ``where`` ("0.5" or "val"), flagged when some class has no image
+    predicted positive there, so that an all-negative accuracy is not read as skill."""
+    f1, accuracy = _fmt(row[f"mean_f1@{where}"]), _fmt(row[f"accuracy@{where}"])
+    count = row.get(f"no_positive@{where}")
+    if count:
+        note = f" (no positive predicted for {count}/{len(CLASS_NAMES)} classes)"
+        f1, accuracy = f1 + note, accuracy + note
+    return f1, accuracy
 
 
 def _pair_cell(teacher: dict | None, student: dict, key: str, digits: int = 3) -> str:
@@ -477,7 +494,9 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
              "F1 and accuracy macro-averaged over the 14 classes, at threshold 0.5 and at per-class thresholds "
              "chosen on the validation split (max F1). Parameters and MACs are those of each model as trained (14-class "
              "head, at its input size): Visformer's and AutoFormerV2's parameter counts depend on the input size, so "
-             "they differ from para-test's 224-px, original-head figures.", "",
+             "they differ from para-test's 224-px, original-head figures. \"No positive predicted for k classes\": at "
+             "that threshold the model calls no test image positive for k classes, whose F1 is then 0 and whose "
+             "accuracy is the share of negatives (an all-negative rule scores it), so these values are not skill.", "",
              "| model | file | params | MACs | mean AUROC | mean F1@0.5 | accuracy@0.5 | mean F1@val | accuracy@val |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -486,10 +505,9 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
             continue
         size = ("— (predictions file)", "—") if row["params"] is None else \
             (f"{row['params'] / 1e6:.2f}M", f"{row['macs'] / 1e9:.2f}G @{row['img_size']}")
+        half, val = _degenerate_cells(row, "0.5"), _degenerate_cells(row, "val")
         lines.append(f"| {row['label']} | {Path(row['file']).name} | {size[0]} | {size[1]} | "
-                     f"{_fmt(row['mean_auroc'])} | "
-                     f"{_fmt(row['mean_f1@0.5'])} | {_fmt(row['accuracy@0.5'])} | {_fmt(row['mean_f1@val'])} | "
-                     f"{_fmt(row['accuracy@val'])} |")
+                     f"{_fmt(row['mean_auroc'])} | {half[0]} | {half[1]} | {val[0]} | {val[1]} |")
     lines += ["", "## Each teacher before, and its EEEA-Net-C2 student after", "",
               "| teacher | teacher mean AUROC | student mean AUROC | student − teacher | student − EEEA-Net-C2 "
               f"({baseline_key()}) [95% patient bootstrap CI] | student's recipe vs {baseline_key()} |",

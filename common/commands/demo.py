@@ -22,7 +22,14 @@ from common.data.labels import read_labelled_list
 CAM_K = 2
 # Demo schedule per folder: epochs at the demo's small input size. The transformers are the slowest on a CPU.
 DEMO_EPOCHS = {1: 6, 2: 5, 3: 6, 4: 4, 5: 3}
+# The students' recipe, from the recipe study (tools/distillation_study.py, docs/guide/distillation-study.md).
 DISTILL_EPOCHS = 6
+DISTILL_ALPHA = 0.5
+DISTILL_TEMPERATURE = 2.0
+DISTILL_TEACHER_MODE = "cached"
+# The synthetic sample's label structure (common.data.synthetic): "nih" = the Data_Entry file's co-occurrence and
+# noisy training labels, "plain" = independent findings, exact labels.
+DEMO_LABEL_STRUCTURE = "plain"
 
 
 def get_args_parser() -> ArgumentParser:
@@ -36,6 +43,11 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--folders", default="1,2,3,4,5", help="which model folders to train (default 1,2,3,4,5)")
     parser.add_argument("--skip-distillation", action="store_true", help="stop after training and testing 1-5")
     parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--label-structure", choices=("plain", "nih"), default=DEMO_LABEL_STRUCTURE,
+                        help="synthetic labels: nih = findings co-occurring as in the packaged Data_Entry file and "
+                             "training labels flipped at the published text-mining precision and recall (validation "
+                             "and test labels clean; a model of label noise, not a claim about the real data); plain "
+                             f"= independent findings, exact labels (default {DEMO_LABEL_STRUCTURE})")
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="train the undistilled EEEA-Net-C2 and every single-teacher student with this many seeds "
                              "(--seed, --seed+1, ...; the teachers once) and report the spread across them beside the "
@@ -61,6 +73,64 @@ def _train_flags(args, epochs: int, seed: int | None = None) -> list[str]:
             "--seed", str(args.seed if seed is None else seed), "--overwrite"]
 
 
+def _distill_flags(args, seed: int | None = None) -> list[str]:
+    return _train_flags(args, DISTILL_EPOCHS, seed=seed) + [
+        "--teacher-mode", DISTILL_TEACHER_MODE, "--alpha", str(DISTILL_ALPHA), "--temperature", str(DISTILL_TEMPERATURE)]
+
+
+def _synthetic_sample(data_dir: Path, args) -> None:
+    """Generate the demo's synthetic sample, or keep the one already there when it was made the same way."""
+    from common.data.synthetic import generate_synthetic_cxr8, read_manifest
+    manifest = read_manifest(data_dir)
+    wanted = {"label_structure": args.label_structure, "seed": args.seed, "num_patients": args.patients}
+    if manifest is not None and all(manifest.get(key) == value for key, value in wanted.items()):
+        return
+    print(f"generating the synthetic CXR8 sample ({args.label_structure} labels) in {data_dir}")
+    generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed, label_structure=args.label_structure)
+
+
+def distillation_verdict(comparison: dict) -> list[str]:
+    """The demo's last word on distillation, from the comparison's ``comparison.json``: every student's paired
+    bootstrap difference from the undistilled EEEA-Net-C2 and, with several seeds, its spread; then one line that
+    says whether distillation helped on this sample."""
+    labels = {row["model"]: row["label"] for row in comparison["models"]}
+    spread = {row["model"]: row for row in comparison.get("seed_spread", [])}
+    rows = [row for row in comparison["bootstrap"] if row.get("status") == "ok"]
+    if not rows:
+        return ["distillation: no student and baseline pair to compare"]
+    against = rows[0]["against"]
+    lines = [f"distillation on this sample: test mean AUROC of each student - the undistilled "
+             f"{labels.get(against, against)} ({against}), paired patient bootstrap 95% interval"
+             + ("; mean ± sd over training seeds" if spread else "")]
+    better = worse = 0
+    for row in rows:
+        text = f"  {labels.get(row['student'], row['student'])}: {row['diff']:+.4f} [{row['ci_low']:+.4f}, " \
+               f"{row['ci_high']:+.4f}]"
+        seeds = spread.get(row["student"], {})
+        if seeds.get("diff_sd") is not None:
+            text += f"; over {seeds['diff_runs']} seeds {seeds['diff_mean']:+.4f} ± {seeds['diff_sd']:.4f}"
+        lines.append(text)
+        better += row["ci_low"] > 0
+        worse += row["ci_high"] < 0
+    mean_diff = sum(row["diff"] for row in rows) / len(rows)
+    spread_note = ("" if spread else " (one training seed: --seeds 3 measures the seed spread, which the interval "
+                   "leaves out)")
+    if better and not worse:
+        verdict = f"distillation helped on this sample: {better} of {len(rows)} students above the baseline with an " \
+                  f"interval above 0, none below"
+    elif worse and not better:
+        verdict = f"distillation did not help on this sample: {worse} of {len(rows)} students below the baseline with " \
+                  f"an interval below 0, none above"
+    elif better and worse:
+        verdict = f"distillation helped some students and hurt others on this sample: {better} of {len(rows)} above " \
+                  f"the baseline, {worse} below (intervals excluding 0)"
+    else:
+        verdict = f"distillation made no clear difference on this sample: every interval of the {len(rows)} " \
+                  "students includes 0"
+    lines.append(f"{verdict}; mean difference over the students {mean_diff:+.4f}{spread_note}")
+    return lines
+
+
 def _seed_runs(args, data_dir: Path, cache_dir: Path, root: Path) -> list[str]:
     """More training runs of the baseline and the single-teacher students, one folder per extra seed; returns the
     folders for the comparison's --seed-runs. Each uses the same split (carved with --seed) and the same teachers."""
@@ -75,8 +145,7 @@ def _seed_runs(args, data_dir: Path, cache_dir: Path, root: Path) -> list[str]:
         print(f"\n===== seed {seed}: training {model_name} and distilling every teacher into it =====")
         train.main(flags + _train_flags(args, DEMO_EPOCHS[baseline_index], seed=seed), model=model_name,
                       index=baseline_index, folder=run / folder)
-        distill.main(flags + _train_flags(args, DISTILL_EPOCHS, seed=seed)
-                     + ["--teacher-mode", "cached", "--teacher", "all", "--teachers-root", str(root)],
+        distill.main(flags + _distill_flags(args, seed=seed) + ["--teacher", "all", "--teachers-root", str(root)],
                      folder=run / DISTILL_FOLDER)
         runs.append(str(run))
     return runs
@@ -88,15 +157,13 @@ def main(argv=None) -> int:
     from common.commands import compare, distill, evaluate, train
     from common.data.cache_build import build_image_cache
     from common.data.splits import build_split
-    from common.data.synthetic import BBOX_NAME, generate_synthetic_cxr8
+    from common.data.synthetic import BBOX_NAME
     from common.explain.localization import read_bbox_list
     from common.models import model_folders
     start = time.perf_counter()
     root = Path(args.output_dir)
     data_dir = root / "data"
-    if not (data_dir / "labels" / "test_list.txt").is_file():
-        print(f"generating the synthetic CXR8 sample in {data_dir}")
-        generate_synthetic_cxr8(data_dir, num_patients=args.patients, seed=args.seed)
+    _synthetic_sample(data_dir, args)
     # One cache at the eval size of the demo's input size, so that the cached eval view is the PNG path's.
     cache_dir = root / "image-cache"
     split = build_split(str(data_dir / "labels"), None, 0.1, args.seed)
@@ -127,7 +194,7 @@ def main(argv=None) -> int:
         summary[f"model{index}"] = report["mean_auroc"]
     student_dir = root / DISTILL_FOLDER
     if not args.skip_distillation:
-        flags = _common_flags(data_dir, args, cache_dir) + _train_flags(args, DISTILL_EPOCHS) + ["--teacher-mode", "cached"]
+        flags = _common_flags(data_dir, args, cache_dir) + _distill_flags(args)
         print("\n===== 6: distilling every teacher into EEEA-Net-C2 =====")
         distill.main(flags + ["--teacher", "all"], folder=student_dir)
         print("\n===== 6: distilling the ensemble of teachers into EEEA-Net-C2 =====")
@@ -141,6 +208,10 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
     print(f"results: {root}/<folder>/modelK-test.json, modelK-test-cam-sheet.png, modelK-test-localization.txt, "
           f"{student_dir}/comparison.md and comparison-auroc.png")
+    comparison = student_dir / "comparison.json"
+    if not args.skip_distillation and comparison.is_file():
+        for line in distillation_verdict(json.loads(comparison.read_text())):
+            print(line)
     return 0
 
 

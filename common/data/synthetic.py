@@ -24,6 +24,17 @@ Image design. Every finding adds its own pattern that a CNN trained from scratch
   scale down to ~0.3.
 - Patterns are drawn independently of each other, so co-occurring findings remain individually visible.
 
+Label structure (``label_structure``):
+
+- ``"plain"`` (default): "No Finding" with probability ``1 - ABNORMAL_RATE``, otherwise every finding drawn
+  independently at ``PREVALENCE``; every label exact.
+- ``"nih"``: findings drawn with the co-occurrence of the packaged Data_Entry file, and the labels of the *training*
+  list (``labels/train_list.txt``) flipped at the rates of the published text-mining precision and recall
+  (:mod:`common.data.synthetic_labels`). The validation and test lists and the Data_Entry file keep the clean labels,
+  so a model trained on the noisy labels is selected and scored against the truth. The official-style lists read
+  their labels from the Data_Entry file, so their training part is clean: the noise model is for the labelled-list
+  split (``--split OUT_DIR/labels``), which the demo uses. A model of label noise, not a claim about the real data.
+
 Run ``python -m common.synthetic OUT_DIR`` to write a set (:mod:`common.commands.synthetic`).
 """
 from __future__ import annotations
@@ -36,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from common.constants import CLASS_NAMES, NUM_CLASSES
+from common.data.synthetic_labels import draw_nih_labels, flip_labels, flip_rates, nih_label_distribution
 from common.errors import UserError
 
 DATA_ENTRY_NAME = "Data_Entry_2017_v2020.csv"
@@ -51,6 +63,7 @@ BBOX_CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 MANIFEST_GENERATOR = "common.synthetic"
 IMAGE_NAME_RE = re.compile(r"^\d{8}_\d{3}\.png$")
+LABEL_STRUCTURES = ("plain", "nih")
 
 # Per-class prevalence targets over all images (docs/data.md §1 and §2.1 list the real ones; these are larger so that every class
 # has enough positives in a few hundred images). Indexed like CLASS_NAMES.
@@ -330,7 +343,8 @@ def _write_lines(path, lines):
         handle.writelines(line + "\n" for line in lines)
 
 
-def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4), image_size=128, seed=0) -> dict:
+def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4), image_size=128, seed=0,
+                            label_structure="plain") -> dict:
     """Write a synthetic CXR8-format data set into ``out_dir`` and return its paths and counts.
 
     Args:
@@ -339,13 +353,19 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
         images_per_patient: inclusive (min, max) number of follow-up images per patient, drawn uniformly.
         image_size: side of the square PNG images in pixels (>= 32).
         seed: random seed; the same arguments and seed give byte-identical files.
+        label_structure: ``"plain"`` (independent findings, exact labels; the files are those of earlier versions)
+            or ``"nih"`` (the Data_Entry file's co-occurrence, noisy training labels; see the module docstring).
 
     Returns:
         dict with ``out_dir``, ``images_dir``, ``data_entry``, ``train_val_list``, ``test_list``, ``train_list``,
-        ``val_list``, ``labelled_test_list``, ``num_patients``, ``num_images``, ``no_finding`` (count) and
-        ``positives`` (class name -> count over all images).
+        ``val_list``, ``labelled_test_list``, ``num_patients``, ``num_images``, ``no_finding`` (count),
+        ``positives`` (class name -> count over all images, clean labels), ``bbox_list`` and ``label_structure``;
+        for ``"nih"`` also ``label_noise``: per class the flip rates, the clean and noisy positives of the training
+        list and the realised precision and recall of its noisy labels.
     """
     out_dir = os.fspath(out_dir)
+    if label_structure not in LABEL_STRUCTURES:
+        raise UserError(f"label_structure must be one of {', '.join(LABEL_STRUCTURES)}, got {label_structure!r}")
     low, high = images_per_patient
     if num_patients < 10:
         raise UserError(f"num_patients must be >= 10 to make patient-disjoint splits, got {num_patients}")
@@ -359,6 +379,15 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     # Independent streams, so the splits do not change when the image design changes.
     split_rng = np.random.default_rng([seed, 1])
     class_rates = np.array([PREVALENCE[name] for name in CLASS_NAMES]) / ABNORMAL_RATE
+    if label_structure == "nih":
+        combinations, probs = nih_label_distribution()
+        cumulative = np.cumsum(probs)
+
+        def draw_labels():
+            return draw_nih_labels(rng, combinations, cumulative)
+    else:
+        def draw_labels():
+            return _draw_labels(rng, class_rates)
 
     images_dir = os.path.join(out_dir, "images")
     entry_lines = [DATA_ENTRY_HEADER]
@@ -368,10 +397,9 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
         anatomy = random_anatomy(rng)
         age = int(rng.integers(18, 86))
         gender = "M" if rng.uniform() < 0.56 else "F"
-        baseline = _draw_labels(rng, class_rates)
+        baseline = draw_labels()
         for followup in range(int(rng.integers(low, high + 1))):
-            labels = baseline if (followup > 0 and rng.uniform() < FOLLOWUP_REPEAT_RATE) else \
-                _draw_labels(rng, class_rates)
+            labels = baseline if (followup > 0 and rng.uniform() < FOLLOWUP_REPEAT_RATE) else draw_labels()
             name = f"{patient:08d}_{followup:03d}.png"
             regions = {}
             pixels = _render_image(image_size, anatomy, labels, rng, regions)
@@ -404,8 +432,18 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     _write_lines(paths["data_entry"], entry_lines)
     _write_lines(paths["train_val_list"], [n for n, p, _ in records if p in official_train_val])
     _write_lines(paths["test_list"], [n for n, p, _ in records if p in official_test])
-    for key, group in (("train_list", arno_train), ("val_list", arno_val), ("labelled_test_list", arno_test)):
-        _write_lines(paths[key], [n + " " + " ".join(str(int(v)) for v in lab) for n, p, lab in records if p in group])
+    listed = {key: [(n, lab) for n, p, lab in records if p in group]
+              for key, group in (("train_list", arno_train), ("val_list", arno_val), ("labelled_test_list", arno_test))}
+    noise = None
+    if label_structure == "nih":
+        # Only the training list is corrupted, from a stream of its own (the images and splits stay as they are).
+        clean = np.stack([lab for _, lab in listed["train_list"]])
+        rates = flip_rates(clean)
+        noisy = flip_labels(clean, rates, np.random.default_rng([seed, 2]))
+        listed["train_list"] = [(name, row) for (name, _), row in zip(listed["train_list"], noisy)]
+        noise = _noise_summary(rates, clean, noisy)
+    for key, rows in listed.items():
+        _write_lines(paths[key], [n + " " + " ".join(str(int(v)) for v in lab) for n, lab in rows])
 
     test_names = {n for n, p, _ in records if p in official_test}
     bbox_path = os.path.join(out_dir, BBOX_NAME)
@@ -421,10 +459,41 @@ def generate_synthetic_cxr8(out_dir, num_patients=240, images_per_patient=(1, 4)
     })
     manifest = {"generator": MANIFEST_GENERATOR, "seed": seed, "image_size": image_size,
                 "images_per_patient": [low, high], **{k: v for k, v in summary.items() if k != "out_dir"}}
+    if noise is not None:
+        # A plain set's manifest stays byte-identical to earlier versions', which had no label structure.
+        manifest.update({"label_structure": label_structure, "label_noise": noise})
     with open(os.path.join(out_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
         # Paths in the manifest are relative, so a copied set stays self-describing.
         json.dump({k: (os.path.relpath(v, out_dir) if k in paths else v) for k, v in manifest.items()},
                   handle, indent=2)
     # Added after the manifest, which stays as it was before the box list existed.
     summary["bbox_list"] = bbox_path
+    summary["label_structure"] = label_structure
+    if noise is not None:
+        summary["label_noise"] = noise
     return summary
+
+
+def _noise_summary(rates: dict, clean: np.ndarray, noisy: np.ndarray) -> dict:
+    """Per class: the flip rates used, and the clean and noisy positives of the training list with the precision and
+    recall its noisy labels came out with (None where undefined)."""
+    summary = {}
+    for index, name in enumerate(CLASS_NAMES):
+        truth, label = clean[:, index], noisy[:, index]
+        kept = int((truth & label).sum())
+        summary[name] = {**{k: round(v, 6) for k, v in rates[name].items()},
+                         "clean_positives": int(truth.sum()), "noisy_positives": int(label.sum()),
+                         "realised_precision": round(kept / label.sum(), 4) if label.sum() else None,
+                         "realised_recall": round(kept / truth.sum(), 4) if truth.sum() else None}
+    return summary
+
+
+def read_manifest(out_dir) -> dict | None:
+    """The manifest of the synthetic set in ``out_dir`` (with ``label_structure`` filled in: "plain" when absent), or
+    None when ``out_dir`` holds no synthetic set."""
+    if not _is_previous_synthetic_set(os.fspath(out_dir)):
+        return None
+    with open(os.path.join(os.fspath(out_dir), MANIFEST_NAME), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest.setdefault("label_structure", "plain")
+    return manifest

@@ -149,14 +149,17 @@ def binary_metrics(y_true, y_prob, thresholds) -> dict:
 
     Returns:
         dict with lists ``thresholds``, ``f1``, ``accuracy``, ``sensitivity``, ``specificity`` (length C, floats,
-        NaN where undefined) and ``macro`` (dict of the four macro values).
+        NaN where undefined), ``predicted_positives`` (length C, ints: images predicted positive) and ``macro``
+        (dict of the four macro values). A class with no predicted positive is a degenerate operating point: its F1
+        is 0 and its accuracy is the share of negative labels, whatever the model has learnt.
     """
     labels = _as_label_matrix(y_true)
     probs = _as_score_matrix(y_prob, labels.shape, probabilities=True)
     num_classes = labels.shape[1]
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (num_classes,)).copy()
     predictions = (probs >= thresholds[None, :]).astype(np.int64)
-    result = {"thresholds": thresholds.tolist(), **{name: [] for name in BINARY_METRICS}}
+    result = {"thresholds": thresholds.tolist(), **{name: [] for name in BINARY_METRICS},
+              "predicted_positives": [int(count) for count in predictions.sum(axis=0)]}
     for index in range(num_classes):
         truth, predicted = labels[:, index], predictions[:, index]
         tn, fp, fn, tp = confusion_matrix(truth, predicted, labels=[0, 1]).ravel()
@@ -177,11 +180,16 @@ def _json_number(value):
 
 
 def _threshold_block(metrics, class_names):
-    """Reshape a ``binary_metrics`` result into per-class dicts keyed by class name, NaN -> None."""
+    """Reshape a ``binary_metrics`` result into per-class dicts keyed by class name, NaN -> None; with
+    ``predicted_positives`` per class and ``no_positive_classes``, the classes predicted positive for no image (their
+    F1 and accuracy at this threshold say nothing about skill)."""
     block = {"thresholds": dict(zip(class_names, (float(t) for t in metrics["thresholds"])))}
     for name in BINARY_METRICS:
         block[name] = {cls: _json_number(v) for cls, v in zip(class_names, metrics[name])}
     block["macro"] = {name: _json_number(metrics["macro"][name]) for name in BINARY_METRICS}
+    block["predicted_positives"] = dict(zip(class_names, metrics["predicted_positives"]))
+    block["no_positive_classes"] = [cls for cls, count in zip(class_names, metrics["predicted_positives"])
+                                    if count == 0]
     return block
 
 
@@ -198,7 +206,9 @@ def evaluation_report(y_true, y_prob, class_names, val_thresholds=None) -> dict:
         dict with ``classes``, ``n_images``, ``positives`` {class: count}, ``auroc`` {class: float or None},
         ``mean_auroc`` (None if no class is defined), ``n_auroc_classes``, and block ``threshold_0.5`` (plus
         ``threshold_val_max_f1`` when ``val_thresholds`` is given), each with ``thresholds``, ``f1``,
-        ``accuracy``, ``sensitivity``, ``specificity`` as {class: value or None} and ``macro`` {metric: value}.
+        ``accuracy``, ``sensitivity``, ``specificity`` as {class: value or None}, ``macro`` {metric: value},
+        ``predicted_positives`` {class: images predicted positive} and ``no_positive_classes`` (the classes with
+        none: a degenerate operating point).
     """
     class_names = list(class_names)
     labels = _as_label_matrix(y_true, len(class_names))
@@ -451,9 +461,35 @@ def _cell(value, width, digits=3):
     return text.rjust(width)
 
 
+# Beside an F1 or accuracy that comes from a degenerate operating point (no image predicted positive).
+NO_POSITIVE_MARK = "*"
+# Metrics whose value a degenerate operating point fixes (F1 = 0, accuracy = share of negatives).
+_DEGENERATE_METRICS = ("f1", "accuracy")
+
+
+def _marked_cell(value, width, marked):
+    """A number of fixed width with room for the no-positive mark after it (a space when unmarked), so marked and
+    unmarked values stay aligned."""
+    text = "n/a" if value is None else f"{value:.3f}"
+    return (text + (NO_POSITIVE_MARK if marked else " ")).rjust(width)
+
+
+def degenerate_note(block, num_classes, where="0.5") -> str | None:
+    """One line naming the classes predicted positive for no image at a threshold block, or None when there are
+    none: their F1 and accuracy there are those of an all-negative rule, not skill."""
+    classes = block.get("no_positive_classes") or []
+    if not classes:
+        return None
+    return (f"{NO_POSITIVE_MARK} no image predicted positive at {where} for {len(classes)} of {num_classes} classes "
+            f"({', '.join(classes)}): F1 there is 0 and accuracy is the share of negative labels (an all-negative "
+            "rule), not skill")
+
+
 def format_metrics_table(report) -> str:
     """A fixed-width table of an ``evaluation_report``: class, positives, AUROC, and F1 / accuracy / sensitivity /
-    specificity at threshold 0.5 and, when present, at the validation max-F1 thresholds; then a macro row."""
+    specificity and the images predicted positive (Pred+) at threshold 0.5 and, when present, at the validation
+    max-F1 thresholds; then a macro row. F1 and accuracy of a class predicted positive for no image are marked
+    (``NO_POSITIVE_MARK``), and so are the macro values they enter, with a line under the table naming the classes."""
     blocks = [("@0.5", report["threshold_0.5"])]
     if "threshold_val_max_f1" in report:
         blocks.append(("@val", report["threshold_val_max_f1"]))
@@ -462,22 +498,41 @@ def format_metrics_table(report) -> str:
     for suffix, block in blocks:
         if suffix == "@val":
             header += f" {'Thr@val':>7}"
-        header += "".join(f" {label + suffix:>9}" for label in ("F1", "Acc", "Sens", "Spec"))
+        header += "".join(f" {label + suffix + ' ':>9}" if metric in _DEGENERATE_METRICS else f" {label + suffix:>9}"
+                          for label, metric in zip(("F1", "Acc", "Sens", "Spec"), BINARY_METRICS))
+        header += f" {'Pred+' + suffix:>10}"
     lines = [header, "-" * len(header)]
     for name in report["classes"]:
         row = f"{name.ljust(name_width)} {report['positives'][name]:>6d} {_cell(report['auroc'][name], 6)}"
         for suffix, block in blocks:
             if suffix == "@val":
                 row += f" {_cell(block['thresholds'][name], 7)}"
-            row += "".join(f" {_cell(block[metric][name], 9)}" for metric in BINARY_METRICS)
+            predicted = block.get("predicted_positives", {}).get(name)
+            for metric in BINARY_METRICS:
+                if metric in _DEGENERATE_METRICS:
+                    row += f" {_marked_cell(block[metric][name], 9, predicted == 0)}"
+                else:
+                    row += f" {_cell(block[metric][name], 9)}"
+            row += f" {'n/a' if predicted is None else str(predicted):>10}"
         lines.append(row)
     lines.append("-" * len(header))
     row = f"{'Macro'.ljust(name_width)} {'':>6} {_cell(report['mean_auroc'], 6)}"
     for suffix, block in blocks:
         if suffix == "@val":
             row += f" {'':>7}"
-        row += "".join(f" {_cell(block['macro'][metric], 9)}" for metric in BINARY_METRICS)
+        marked = bool(block.get("no_positive_classes"))
+        for metric in BINARY_METRICS:
+            if metric in _DEGENERATE_METRICS:
+                row += f" {_marked_cell(block['macro'][metric], 9, marked)}"
+            else:
+                row += f" {_cell(block['macro'][metric], 9)}"
+        row += f" {'':>10}"
     lines.append(row)
     lines.append(f"{report['n_images']} images; AUROC mean over {report['n_auroc_classes']} of "
                  f"{len(report['classes'])} classes; predicted positive when probability >= threshold")
+    for suffix, block in blocks:
+        note = degenerate_note(block, len(report["classes"]),
+                               "0.5" if suffix == "@0.5" else "the validation thresholds")
+        if note:
+            lines.append(note)
     return "\n".join(lines)
