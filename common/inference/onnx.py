@@ -5,6 +5,8 @@
   this PyTorch has the switch, then ``onnx.checker``. The evaluation preprocessing (image size, resize, mean, std)
   and the class names are stored in the model's ``metadata_props``. With OOD statistics the graph has a second output,
   ``ood_score [N]`` (:mod:`common.inference.ood`), and the metadata its ``ood_threshold``.
+- :func:`export_traced`: the tracing, metadata, check and atomic write under it, for other graphs too (the browser
+  export's, :mod:`common.explain.browser_graph`).
 - :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
 - :class:`OnnxPredictor`: reads an exported file, applies the same evaluation view as ``common.data.transforms.build_transform``
   (resize the shorter side to ``round(s*256/224)`` with PIL bilinear, centre crop ``s``, scale to [0, 1],
@@ -55,9 +57,6 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
     Returns:
         the path written. ``onnx.checker`` has validated it.
     """
-    import inspect
-
-    import onnx
     import torch
 
     class WithSigmoid(torch.nn.Module):
@@ -82,35 +81,58 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
             probabilities = torch.sigmoid(self.network.forward_head(features))
             return probabilities, self.score(image, self.network.forward_head(features, pre_logits=True))
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    example = torch.zeros(2, 3, img_size, img_size, device=device)
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
-        options["dynamo"] = False
-    temporary = path.with_name(f".{path.name}.tmp")
     outputs, wrapped = [OUTPUT_NAME], WithSigmoid(model)
+    info = {"model_name": model_name, "img_size": int(img_size), "resize": _resize_short_side(img_size),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "class_names": list(class_names), "output": "sigmoid probabilities"}
     if ood is not None:
         from common.inference.ood import OOD_OUTPUT_NAME, check_ood_statistics, ood_score_module
         check_ood_statistics(ood)
         outputs = [OUTPUT_NAME, OOD_OUTPUT_NAME]
         wrapped = WithSigmoidAndOod(model, ood_score_module(ood, img_size).to(device))
+        info.update({"outputs": outputs, "ood_threshold": float(ood["threshold"]),
+                     "ood_percentile": float(ood["percentile"]), "ood_parts": list(ood["parts"])})
+    return export_traced(wrapped, (torch.zeros(2, 3, img_size, img_size, device=device),), path, [INPUT_NAME],
+                         outputs, info, opset=opset, restore=model)
+
+
+def export_traced(module, example: tuple, path: str | os.PathLike, input_names: Sequence[str],
+                  output_names: Sequence[str], info: dict, *, opset: int = OPSET, restore=None) -> Path:
+    """Trace ``module`` (eval mode, no gradients) into an ONNX file with a dynamic first axis on every input and
+    output, store ``info`` as JSON under the :data:`METADATA_KEY` metadata entry, check it with ``onnx.checker`` and
+    write it atomically.
+
+    Args:
+        module: the network to trace; its mode (and that of ``restore``, when given) is restored afterwards.
+        example: example inputs (a batch of 2: a batch of 1 can be specialised into the graph).
+        path: the ``.onnx`` file to write (the folder is created).
+        input_names, output_names: graph input and output names, in the module's order.
+        info: the JSON-serialisable metadata.
+        opset: ONNX opset.
+        restore: another module whose training mode must be given back (the network inside a wrapper).
+    """
+    import inspect
+
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = [(m, m.training) for m in (module, restore) if m is not None]
+    module.eval()
+    options = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
+        options["dynamo"] = False
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         with torch.no_grad():
-            torch.onnx.export(wrapped, (example,), str(temporary), input_names=[INPUT_NAME],
-                              output_names=outputs, opset_version=opset, do_constant_folding=True,
-                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **options)
+            torch.onnx.export(module, example, str(temporary), input_names=list(input_names),
+                              output_names=list(output_names), opset_version=opset, do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]},
+                              **options)
         graph = onnx.load(str(temporary))
-        info = {"model_name": model_name, "img_size": int(img_size), "resize": _resize_short_side(img_size),
-                "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                "class_names": list(class_names), "output": "sigmoid probabilities"}
-        if ood is not None:
-            info.update({"outputs": outputs, "ood_threshold": float(ood["threshold"]),
-                         "ood_percentile": float(ood["percentile"]), "ood_parts": list(ood["parts"])})
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(info)
         onnx.checker.check_model(graph, full_check=True)
@@ -118,7 +140,8 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-        model.train(was_training)
+        for m, mode in modes:   # the wrapper first, then the network inside it
+            m.train(mode)
     return path
 
 
@@ -142,6 +165,25 @@ def check_onnx(path: str | os.PathLike, model, images) -> float:
         model.train(was_training)
     got = OnnxPredictor(path).predict_array(batch.numpy())
     return float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+
+
+def evaluation_crop(image: Image.Image, img_size: int, resize: int) -> np.ndarray:
+    """The uint8 ``[s, s]`` grey crop of the evaluation view (``common.data.transforms.build_transform``, eval).
+
+    Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
+    bilinear; centre crop with offsets ``int(round((size - s) / 2))`` (Python's round: halves to even).
+    """
+    if image.mode != "L":
+        raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(resize * long / short)
+    size = (resize, resized_long) if width <= height else (resized_long, resize)
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    left = int(round((size[0] - img_size) / 2.0))
+    top = int(round((size[1] - img_size) / 2.0))
+    return np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.uint8)
 
 
 class OnnxPredictor:
@@ -180,21 +222,9 @@ class OnnxPredictor:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A PIL 'L' image -> normalised float32 ``[3, s, s]``, exactly as ``common.data.transforms.build_transform`` (eval).
 
-        Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
-        bilinear; centre crop with offsets ``int(round((size - s) / 2))``; ``/ 255``; ``(x - mean) / std``.
+        :func:`evaluation_crop`, then ``/ 255`` and ``(x - mean) / std``.
         """
-        if image.mode != "L":
-            raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        resized_long = int(self.resize * long / short)
-        size = (self.resize, resized_long) if width <= height else (resized_long, self.resize)
-        if size != image.size:
-            image = image.resize(size, Image.BILINEAR)
-        left = int(round((size[0] - self.img_size) / 2.0))
-        top = int(round((size[1] - self.img_size) / 2.0))
-        crop = np.asarray(image.crop((left, top, left + self.img_size, top + self.img_size)), dtype=np.float32)
-        crop = crop / np.float32(255.0)
+        crop = evaluation_crop(image, self.img_size, self.resize).astype(np.float32) / np.float32(255.0)
         return (crop[None, :, :] - self.mean[:, None, None]) / self.std[:, None, None]
 
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
