@@ -83,12 +83,24 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
                              "card), model.onnx; --checkpoint DIR and --pretrained DIR read it")
     parser.add_argument("--license", default="other",
                         help="license written into the model folder's config.json and card (default: other)")
+    parser.add_argument("--export-web", default=None, metavar="DIR",
+                        help="export the checkpoint as a static web page that predicts in the browser (needs "
+                             "`npm ci --prefix web` once; docs/guide/browser.md)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     args = parser.parse_args(argv)
-    if not args.images and not args.export_onnx and not args.export_hub:
-        raise UserError("give images or folders to predict, or --export-onnx FILE, or --export-hub DIR")
-    if args.onnx and (args.cam or args.export_onnx or args.export_hub):
-        raise UserError("--cam, --export-onnx and --export-hub need the PyTorch checkpoint; leave out --onnx")
+    exports = args.export_onnx or args.export_hub or args.export_web
+    if not args.images and not exports:
+        raise UserError("give images or folders to predict, or --export-onnx FILE, --export-hub DIR or "
+                        "--export-web DIR")
+    if args.onnx and (args.cam or exports):
+        raise UserError("--cam, --export-onnx, --export-hub and --export-web need the PyTorch checkpoint; leave out "
+                        "--onnx")
+    if args.export_web:
+        # Imported here: the export needs torch, which --help and --onnx must not import.
+        from common.explain.browser_export import export_browser_folder
+        print(export_browser_folder(args.checkpoint, args.export_web, expected_model=model_name).summary())
+        if not args.images and not args.export_onnx and not args.export_hub:
+            return 0
 
     model = checkpoint = ood = None
     if args.onnx:

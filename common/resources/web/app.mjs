@@ -219,7 +219,8 @@ async function main() {
   showCard(meta);
   // The .wasm comes from this folder, never from a CDN. Several threads need cross-origin isolation (COOP/COEP
   // headers, which python -m http.server does not send); without it onnxruntime-web runs on one.
-  ort.env.wasm.wasmPaths = new URL('./', import.meta.url).href;
+  // (Only the .wasm is named: this bundle carries its JavaScript glue, which a path prefix would fetch separately.)
+  ort.env.wasm.wasmPaths = { wasm: new URL('ort-wasm-simd-threaded.wasm', import.meta.url).href };
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   const session = await ort.InferenceSession.create('model.onnx', { executionProviders: ['wasm'] });
   setState('ready', `Ready: ${meta.card_network}, ${meta.img_size}×${meta.img_size} input. Choose an image.`);
