@@ -107,6 +107,13 @@ function drawGrey(canvas, grey, width, height) {
   context.putImageData(image, 0, 0);
 }
 
+function drawLegend(canvas) {
+  const context = canvas.getContext('2d');
+  const image = context.createImageData(256, 1);
+  JET_TABLE.forEach((colour, i) => { image.data.set([...colour, 255], 4 * i); });
+  context.putImageData(image, 0, 0);
+}
+
 function drawOverlay(canvas, crop, size, heatmap) {
   canvas.width = size;
   canvas.height = size;
@@ -144,6 +151,7 @@ function selectClass(index) {
   const size = meta.img_size;
   const heatmap = result.heatmaps ? result.heatmaps.subarray(index * size * size, (index + 1) * size * size) : null;
   drawOverlay($('overlay'), result.crop, size, heatmap);
+  $('legend-box').hidden = !heatmap;
   $('overlay-caption').textContent = heatmap
     ? `Grad-CAM heatmap of ${meta.class_names[index]} on the ${size}×${size} crop the model saw`
     : `The ${size}×${size} crop the model saw (no heatmap for ${meta.card_network}: ${meta.heatmap_note})`;
@@ -217,6 +225,7 @@ async function main() {
   const meta = await response.json();
   page.meta = meta;
   showCard(meta);
+  drawLegend($('legend'));
   // The .wasm comes from this folder, never from a CDN. Several threads need cross-origin isolation (COOP/COEP
   // headers, which python -m http.server does not send); without it onnxruntime-web runs on one.
   // (Only the .wasm is named: this bundle carries its JavaScript glue, which a path prefix would fetch separately.)
