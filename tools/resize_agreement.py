@@ -37,9 +37,11 @@ def onnx_resizer(exclude_outside: int):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda image, size: np.clip(np.rint(session.run(None, {
-        "x": np.asarray(image, np.float32)[None, None], "sizes": np.array([1, 1, size[1], size[0]], np.int64)})[0][0, 0]),
-        0, 255).astype(np.uint8)
+    def resize(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        feeds = {"x": np.asarray(image, np.float32)[None, None], "sizes": np.array([1, 1, size[1], size[0]], np.int64)}
+        return np.clip(np.rint(session.run(None, feeds)[0][0, 0]), 0, 255).astype(np.uint8)
+
+    return resize
 
 
 def main() -> None:

@@ -202,7 +202,9 @@ def export_browser_onnx(model: nn.Module, model_name: str, img_size: int, path: 
                                                     "weights in the graph" if heatmaps else None,
             "ood": ood is not None}
     if ood is not None:
-        info.update({"ood_threshold": float(ood["threshold"]), "ood_percentile": ood.get("percentile"),
+        percentile = ood.get("percentile")
+        info.update({"ood_threshold": float(ood["threshold"]),
+                     "ood_percentile": None if percentile is None else float(percentile),
                      "ood_score": "squared Mahalanobis distance of the pre-logit features"})
     device = next(model.parameters()).device
     example = torch.zeros(2, 1, img_size, img_size, dtype=torch.uint8, device=device)

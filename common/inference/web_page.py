@@ -114,11 +114,14 @@ def card_facts(checkpoint: dict, checkpoint_path: Path, test_report: Optional[di
                                 "none in this checkpoint, so no finding is marked"))
     facts.append(("Heatmap", heatmap_text))
     ood = checkpoint.get("ood")
-    facts.append(("Out-of-distribution score", "squared Mahalanobis distance of the pre-logit features to the "
-                                               f"training statistics; flagged above {float(ood['threshold']):.1f}"
-                                               + (f", the {ood['percentile']}th percentile of the validation images"
-                                                  if ood.get("percentile") is not None else "")
-                                               if ood else "no out-of-distribution statistics in this checkpoint"))
+    if ood:
+        where = (f", the {float(ood['percentile']):g}th percentile of the validation images"
+                 if ood.get("percentile") is not None else "")
+        ood_text = ("squared Mahalanobis distance of the pre-logit features to the training statistics; flagged "
+                    f"above {float(ood['threshold']):.1f}{where}")
+    else:
+        ood_text = "no out-of-distribution statistics in this checkpoint"
+    facts.append(("Out-of-distribution score", ood_text))
     facts.append(("Preprocessing", f"grey; shorter side resized to {int(round(size * 256 / 224))} px (Pillow's "
                                    f"bilinear filter, reproduced exactly), centre crop {size}×{size}; as predict.py"))
     facts.append(("Intended use", "research on chest X-ray classification with frontal radiographs like those of "

@@ -147,7 +147,9 @@ function showCard(meta) {
 function selectClass(index) {
   const { result, meta } = page;
   result.selectedClass = index;
-  for (const row of $('findings').tBodies[0].rows) row.classList.toggle('selected', Number(row.dataset.index) === index);
+  for (const row of $('findings').tBodies[0].rows) {
+    row.classList.toggle('selected', Number(row.dataset.index) === index);
+  }
   const size = meta.img_size;
   const heatmap = result.heatmaps ? result.heatmaps.subarray(index * size * size, (index + 1) * size * size) : null;
   drawOverlay($('overlay'), result.crop, size, heatmap);
@@ -180,9 +182,11 @@ function showResult() {
     ood.className = 'ood none';
   } else {
     const flagged = result.oodScore > meta.ood_threshold;
-    const percentile = meta.ood_percentile == null ? '' : ` (the ${meta.ood_percentile}th percentile of the validation images)`;
+    const percentile = meta.ood_percentile == null ? ''
+      : ` (the ${meta.ood_percentile}th percentile of the validation images)`;
     ood.textContent = (flagged ? 'Unlike the training images: the probabilities may not mean anything. ' : '')
-      + `Out-of-distribution score ${result.oodScore.toFixed(1)}, threshold ${meta.ood_threshold.toFixed(1)}${percentile}.`;
+      + `Out-of-distribution score ${result.oodScore.toFixed(1)}, threshold ${meta.ood_threshold.toFixed(1)}`
+      + `${percentile}.`;
     ood.className = flagged ? 'ood flagged' : 'ood';
   }
   $('timing').textContent = `Model: ${result.modelMs.toFixed(1)} ms (onnxruntime-web ${ort.env.versions.web}, `
