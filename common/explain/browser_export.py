@@ -19,9 +19,9 @@ import torch
 
 from common.constants import CLASS_NAMES
 from common.errors import UserError
+from common.evaluation.ood import load_ood_statistics
 from common.explain.browser_graph import (
     CROP_INPUT,
-    GRADCAM_EPSILON,
     HEATMAPS_OUTPUT,
     OOD_OUTPUT,
     PROBABILITIES_OUTPUT,
@@ -29,6 +29,7 @@ from common.explain.browser_graph import (
 )
 from common.explain.gradcam import gradcam_maps
 from common.inference import web_page
+from common.inference.ood import INPUT_PART, OOD_LAYER, input_blocks, ood_scores
 from common.models import model_info
 from common.runs.checkpoint import load_model_from_checkpoint
 
@@ -120,10 +121,9 @@ def check_browser_graph(path: Path, model, model_name: str, mean, std, ood: Opti
         check["max_heatmap_difference"] = float(max(d.max() for d in differences))
         check["mean_heatmap_difference"] = float(np.mean([d.mean() for d in differences]))
     if ood is not None:
-        centred = pre_logits - np.asarray(ood["mean"], dtype=np.float64)
-        reference = np.einsum("nd,de,ne->n", centred, np.asarray(ood["precision"], dtype=np.float64), centred)
+        reference = ood_scores({OOD_LAYER: pre_logits, INPUT_PART: input_blocks(images.cpu().numpy())}, ood)
         check["max_ood_relative_difference"] = float(np.max(np.abs(got[OOD_OUTPUT] - reference)
-                                                            / np.maximum(np.abs(reference), GRADCAM_EPSILON)))
+                                                            / np.maximum(np.abs(reference), 1e-12)))
     return check
 
 
@@ -160,7 +160,7 @@ def export_browser_folder(checkpoint_path: str | os.PathLike, out_dir: str | os.
     info = model_info(checkpoint["model_name"])
     mean, std = checkpoint["mean"], checkpoint["std"]
     class_names = list(checkpoint.get("class_names") or CLASS_NAMES)
-    ood = checkpoint.get("ood")
+    ood, ood_note = load_ood_statistics(checkpoint_path, checkpoint)   # checkpoint["ood"] or <stem>-ood.json
     report = _test_report(checkpoint_path)
     with web_page.staged_folder(out_dir) as folder:
         graph = export_browser_onnx(model, checkpoint["model_name"], int(checkpoint["img_size"]),
@@ -179,7 +179,8 @@ def export_browser_folder(checkpoint_path: str | os.PathLike, out_dir: str | os.
         meta = {**graph, "thresholds": [float(t) for t in thresholds] if thresholds else None,
                 "card": web_page.card_facts(checkpoint, checkpoint_path, report, display_name=info.display_name,
                                             parameters=sum(p.numel() for p in model.parameters()),
-                                            heatmap_text=heatmap_text),
+                                            heatmap_text=heatmap_text, ood=ood, ood_note=ood_note),
+                "ood_note": ood_note,
                 "card_network": info.display_name,
                 "heatmap_note": "its head after the last feature stage is not written as graph operations; "
                                 "predict.py --cam draws it" if not graph["heatmaps"] else None,

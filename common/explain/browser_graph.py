@@ -6,7 +6,8 @@ Inputs and outputs (``N`` images, ``C`` classes, side ``s``)::
     crop           uint8 [N, 1, s, s]   the grey evaluation crop (resize + centre crop done by the page)
     probabilities  float [N, C]         sigmoid of the logits, as ``predict.py --onnx``
     heatmaps       float [N, C, s, s]   Grad-CAM of each class in [0, 1], as ``predict.py --cam``  (if supported)
-    ood_score      float [N]            squared Mahalanobis distance of the pre-logits  (if the checkpoint has it)
+    ood_score      float [N]            the out-of-distribution score of common.inference.ood  (if there are
+                                        statistics: checkpoint["ood"] or <stem>-ood.json)
 
 Why the normalisation is in the graph and the resize is not: ``x / 255``, ``- mean`` and ``/ std`` are float32
 operations that every runtime does alike, so putting them here makes the page and Python agree to the bit on them.
@@ -35,22 +36,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
 from common.inference.onnx import export_traced
+from common.inference.ood import OOD_OUTPUT_NAME, check_ood_statistics, ood_score_module
 from common.models import model_info
 
 CROP_INPUT = "crop"
 PROBABILITIES_OUTPUT = "probabilities"
 HEATMAPS_OUTPUT = "heatmaps"
-OOD_OUTPUT = "ood_score"
+OOD_OUTPUT = OOD_OUTPUT_NAME
 # grad-cam's scale_cam_image adds this to the maximum before dividing (pytorch_grad_cam.utils.image).
 GRADCAM_EPSILON = 1e-7
-OOD_LAYER = "pre_logits"
 
 
 def heatmap_supported(model_name: str) -> bool:
@@ -107,11 +107,12 @@ class BrowserNetwork(nn.Module):
         model_name: its registry name (CAM layer and head kind).
         mean, std: the checkpoint's normalisation.
         heatmaps: compute Grad-CAM heatmaps (the registry entry's ``cam_head`` must be supported).
-        ood: ``{"mean": [D], "precision": [D, D]}`` of the pre-logits, or None for no OOD output.
+        ood: OOD statistics (:mod:`common.inference.ood`), or None for no OOD output.
+        img_size: the input side (the OOD input-layout part pools the crop with it).
     """
 
     def __init__(self, model: nn.Module, model_name: str, mean: Sequence[float], std: Sequence[float],
-                 heatmaps: bool, ood: Optional[dict] = None):
+                 heatmaps: bool, ood: Optional[dict] = None, img_size: int = 0):
         super().__init__()
         info = model_info(model_name)
         if heatmaps and info.cam_head not in _HEADS:
@@ -122,10 +123,8 @@ class BrowserNetwork(nn.Module):
         self.cam_layer = info.cam_layer(model)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-        self.with_ood = ood is not None
-        if ood is not None:
-            self.register_buffer("ood_mean", torch.as_tensor(np.asarray(ood["mean"], dtype=np.float32)))
-            self.register_buffer("ood_precision", torch.as_tensor(np.asarray(ood["precision"], dtype=np.float32)))
+        # The same module predict.py scores with (PyTorch path and its ONNX export): one formula everywhere.
+        self.ood_score = ood_score_module(ood, img_size) if ood is not None else None
 
     @contextmanager
     def _capture(self):
@@ -152,26 +151,9 @@ class BrowserNetwork(nn.Module):
             cams = _min_max(torch.relu(cams))
             cams = F.interpolate(cams, size=(image.shape[2], image.shape[3]), mode="bilinear", align_corners=False)
             outputs.append(torch.clamp(_min_max(cams), 0.0, 1.0))
-        if self.with_ood:
-            centred = self.network.forward_head(features, pre_logits=True).flatten(1) - self.ood_mean
-            outputs.append((torch.matmul(centred, self.ood_precision) * centred).sum(dim=1))
+        if self.ood_score is not None:
+            outputs.append(self.ood_score(image, self.network.forward_head(features, pre_logits=True)))
         return tuple(outputs)
-
-
-def check_ood_statistics(ood: dict, num_features: int, source: str) -> None:
-    """Refuse a malformed ``checkpoint["ood"]`` with one line naming ``source``."""
-    missing = [key for key in ("mean", "precision", "threshold") if key not in ood]
-    if missing:
-        raise UserError(f"{source}: the 'ood' statistics lack {', '.join(missing)}")
-    if ood.get("layer", OOD_LAYER) != OOD_LAYER:
-        raise UserError(f"{source}: out-of-distribution statistics of layer {ood['layer']!r}; the browser export reads "
-                        f"{OOD_LAYER!r}")
-    mean, precision = np.asarray(ood["mean"], dtype=np.float64), np.asarray(ood["precision"], dtype=np.float64)
-    if mean.shape != (num_features,) or precision.shape != (num_features, num_features):
-        raise UserError(f"{source}: 'ood' mean {mean.shape} / precision {precision.shape} do not fit the model's "
-                        f"{num_features} pre-logit features")
-    if not (np.isfinite(mean).all() and np.isfinite(precision).all() and np.isfinite(float(ood["threshold"]))):
-        raise UserError(f"{source}: the 'ood' statistics hold non-finite values")
 
 
 def export_browser_onnx(model: nn.Module, model_name: str, img_size: int, path: str | os.PathLike, *,
@@ -187,13 +169,14 @@ def export_browser_onnx(model: nn.Module, model_name: str, img_size: int, path: 
         img_size: the checkpoint's input side ``s``.
         path: the ``.onnx`` file to write.
         mean, std, class_names: from the checkpoint.
-        ood: ``checkpoint["ood"]`` or None.
+        ood: the OOD statistics (``common.evaluation.ood.load_ood_statistics``) or None.
         source: how messages name the checkpoint.
     """
     heatmaps = heatmap_supported(model_name)
     if ood is not None:
-        check_ood_statistics(ood, int(model_info(model_name).num_features), source)
-    wrapper = BrowserNetwork(model, model_name, mean, std, heatmaps, ood)
+        check_ood_statistics(ood, source)
+    device = next(model.parameters()).device
+    wrapper = BrowserNetwork(model, model_name, mean, std, heatmaps, ood, img_size).to(device)
     outputs = [PROBABILITIES_OUTPUT] + ([HEATMAPS_OUTPUT] if heatmaps else []) + ([OOD_OUTPUT] if ood else [])
     info = {"model_name": model_name, "img_size": int(img_size), "resize": int(round(img_size * 256 / 224)),
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "class_names": list(class_names),
@@ -202,11 +185,8 @@ def export_browser_onnx(model: nn.Module, model_name: str, img_size: int, path: 
                                                     "weights in the graph" if heatmaps else None,
             "ood": ood is not None}
     if ood is not None:
-        percentile = ood.get("percentile")
-        info.update({"ood_threshold": float(ood["threshold"]),
-                     "ood_percentile": None if percentile is None else float(percentile),
-                     "ood_score": "squared Mahalanobis distance of the pre-logit features"})
-    device = next(model.parameters()).device
+        info.update({"ood_threshold": float(ood["threshold"]), "ood_percentile": float(ood["percentile"]),
+                     "ood_parts": list(ood["parts"])})
     example = torch.zeros(2, 1, img_size, img_size, dtype=torch.uint8, device=device)
     export_traced(wrapper, (example,), Path(path), [CROP_INPUT], outputs, info, restore=model)
     return info

@@ -35,6 +35,7 @@ NOTICE_FILE = "THIRD-PARTY.txt"
 #: ``model.json`` says it is an export, so that a later export may replace the folder and nothing else.
 EXPORT_MARKER = "dtforcxr8_browser_export"
 RESEARCH_LINE = "Research use only, not a medical device."
+_PART_WORDS = {"pre_logits": "pre-logit features", "input_8x8": "8×8 layout"}
 
 
 def default_runtime_dir() -> Path:
@@ -70,17 +71,20 @@ def _interval_text(report: dict) -> str:
 
 
 def card_facts(checkpoint: dict, checkpoint_path: Path, test_report: Optional[dict], *, display_name: str,
-               parameters: int, heatmap_text: str) -> list[tuple[str, str]]:
+               parameters: int, heatmap_text: str, ood: Optional[dict] = None,
+               ood_note: str = "") -> list[tuple[str, str]]:
     """The model card's key facts as ``(label, text)`` rows, in the order the page shows them.
 
     Args:
         checkpoint: the checkpoint's metadata (``model_name``, ``img_size``, ``split_description``, ``label_file``,
-            ``epoch``, ``val_mean_auroc``, ``val_thresholds``, ``distillation``, ``ood``, ``git_commit``).
+            ``epoch``, ``val_mean_auroc``, ``val_thresholds``, ``distillation``, ``git_commit``).
         checkpoint_path: the file (named on the card).
         test_report: ``<stem>-test.json`` of ``test-model.py`` or None.
         display_name: the network's display name.
         parameters: its parameter count.
         heatmap_text: what the heatmap is and how close it was measured to be to ``predict.py --cam``.
+        ood: the out-of-distribution statistics (:mod:`common.inference.ood`) or None, with ``ood_note`` saying
+            where they came from or why there are none.
     """
     size = checkpoint["img_size"]
     facts = [("Network", f"{display_name} ({checkpoint['model_name']}), {parameters:,} parameters, "
@@ -113,14 +117,13 @@ def card_facts(checkpoint: dict, checkpoint_path: Path, test_report: Optional[di
                                 "checkpoint was saved" if thresholds else
                                 "none in this checkpoint, so no finding is marked"))
     facts.append(("Heatmap", heatmap_text))
-    ood = checkpoint.get("ood")
     if ood:
-        where = (f", the {float(ood['percentile']):g}th percentile of the validation images"
-                 if ood.get("percentile") is not None else "")
-        ood_text = ("squared Mahalanobis distance of the pre-logit features to the training statistics; flagged "
-                    f"above {float(ood['threshold']):.1f}{where}")
+        ood_text = (f"Mahalanobis distances of the image's {' and '.join(_PART_WORDS.get(n, n) for n in ood['parts'])} "
+                    f"to the training images' (Ledoit-Wolf), each divided by its {float(ood['percentile']):g}th "
+                    f"percentile on the validation images; flagged above {float(ood['threshold']):.2f} ({ood_note})")
     else:
-        ood_text = "no out-of-distribution statistics in this checkpoint"
+        ood_text = f"no out-of-distribution statistics in this checkpoint ({ood_note})" if ood_note else \
+            "no out-of-distribution statistics in this checkpoint"
     facts.append(("Out-of-distribution score", ood_text))
     facts.append(("Preprocessing", f"grey; shorter side resized to {int(round(size * 256 / 224))} px (Pillow's "
                                    f"bilinear filter, reproduced exactly), centre crop {size}×{size}; as predict.py"))

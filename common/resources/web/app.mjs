@@ -178,15 +178,15 @@ function showResult() {
   });
   const ood = $('ood');
   if (result.oodScore === null) {
-    ood.textContent = 'No out-of-distribution statistics in this checkpoint.';
+    ood.textContent = 'No out-of-distribution statistics in this checkpoint'
+      + (meta.ood_note ? ` (${meta.ood_note}).` : '.');
     ood.className = 'ood none';
   } else {
+    // common.inference.ood: each part's Mahalanobis distance divided by its percentile on validation images.
     const flagged = result.oodScore > meta.ood_threshold;
-    const percentile = meta.ood_percentile == null ? ''
-      : ` (the ${meta.ood_percentile}th percentile of the validation images)`;
     ood.textContent = (flagged ? 'Unlike the training images: the probabilities may not mean anything. ' : '')
-      + `Out-of-distribution score ${result.oodScore.toFixed(1)}, threshold ${meta.ood_threshold.toFixed(1)}`
-      + `${percentile}.`;
+      + `Out-of-distribution score ${result.oodScore.toFixed(2)} (1 = the ${meta.ood_percentile}th percentile of `
+      + `the validation images; flagged above ${meta.ood_threshold.toFixed(2)}).`;
     ood.className = flagged ? 'ood flagged' : 'ood';
   }
   $('timing').textContent = `Model: ${result.modelMs.toFixed(1)} ms (onnxruntime-web ${ort.env.versions.web}, `
