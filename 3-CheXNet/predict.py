@@ -2,6 +2,7 @@
 
 Usage: python predict.py IMAGE_OR_FOLDER ... [--output predictions.csv] [--cam] [--checkpoint FILE]
        python predict.py --export-onnx model.onnx        (then: python predict.py IMAGES --onnx model.onnx)
+       python predict.py --export-web page               (then: python -m http.server --directory page)
 """
 from pathlib import Path
 

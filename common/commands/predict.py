@@ -84,6 +84,9 @@ def get_args_parser(model_name: str, default: Path) -> ArgumentParser:
                              "card), model.onnx; --checkpoint DIR and --pretrained DIR read it")
     parser.add_argument("--license", default="other",
                         help="license written into the model folder's config.json and card (default: other)")
+    parser.add_argument("--export-web", default=None, metavar="DIR",
+                        help="export the checkpoint as a static web page that predicts in the browser (needs "
+                             "`npm ci --prefix web` once; docs/guide/browser.md)")
     parser.add_argument("--onnx-exporter", choices=("torchscript", "dynamo"), default="torchscript",
                         help="exporter of --export-onnx: torch's TorchScript one (opset 17) or its torch.export-based "
                              "one (opset 18; needs pip install onnxscript; 5-20x slower to export) (default: "
@@ -116,10 +119,13 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
     model_name = model
     default = default_checkpoint(index, folder)
     args = get_args_parser(model_name, default).parse_args(argv)
-    if not args.images and not args.export_onnx and not args.export_hub:
-        raise UserError("give images or folders to predict, or --export-onnx FILE, or --export-hub DIR")
-    if args.onnx and (args.cam or args.export_onnx or args.export_hub):
-        raise UserError("--cam, --export-onnx and --export-hub need the PyTorch checkpoint; leave out --onnx")
+    exports = args.export_onnx or args.export_hub or args.export_web
+    if not args.images and not exports:
+        raise UserError("give images or folders to predict, or --export-onnx FILE, --export-hub DIR or "
+                        "--export-web DIR")
+    if args.onnx and (args.cam or exports):
+        raise UserError("--cam, --export-onnx, --export-hub and --export-web need the PyTorch checkpoint; leave out "
+                        "--onnx")
     if args.onnx and args.device not in ("cpu", "auto"):
         raise UserError(f"--onnx runs on the CPU (onnxruntime's CPU provider); leave out --device {args.device}")
     # Imported after parsing: --help answers without them, and the --onnx path never imports torch.
@@ -133,6 +139,12 @@ def main(argv=None, *, model: str, index: int, folder: str | os.PathLike) -> int
         predictions_csv,
     )
     from common.runtime.threads import available_cores, choose_threads_and_workers
+    if args.export_web:
+        # Imported here: the export needs torch, which --help and --onnx must not import.
+        from common.explain.browser_export import export_browser_folder
+        print(export_browser_folder(args.checkpoint, args.export_web, expected_model=model_name).summary())
+        if not args.images and not args.export_onnx and not args.export_hub:
+            return 0
 
     # Collected first: a wrong path is one line before any model is loaded.
     paths = collect_images(args.images) if args.images else []

@@ -8,6 +8,8 @@
   adds) is stored as JSON in the file's ``metadata_props`` under :data:`METADATA_KEY`.
   With OOD statistics the graph has a second output, ``ood_score [N]`` (:mod:`common.inference.ood`),
   and the metadata its ``ood_threshold``.
+- :func:`export_traced`: the tracing, metadata, check and atomic write for other graphs (the browser export's,
+  :mod:`common.explain.browser_graph`).
 - :func:`check_onnx`: the largest absolute difference between onnxruntime's and PyTorch's probabilities.
 - :class:`OnnxPredictor`: reads an exported file, checks its metadata against the graph, applies the evaluation view
   (:func:`common.data.images.eval_view`, equal to ``common.data.transforms.build_transform``'s) and returns
@@ -149,6 +151,54 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
     return path
 
 
+def export_traced(module, example: tuple, path: str | os.PathLike, input_names: Sequence[str],
+                  output_names: Sequence[str], info: dict, *, opset: int = OPSET, restore=None) -> Path:
+    """Trace ``module`` (eval mode, no gradients) into an ONNX file with a dynamic first axis on every input and
+    output, store ``info`` as JSON under the :data:`METADATA_KEY` metadata entry, check it with ``onnx.checker`` and
+    write it atomically.
+
+    Args:
+        module: the network to trace; its mode (and that of ``restore``, when given) is restored afterwards.
+        example: example inputs (a batch of 2: a batch of 1 can be specialised into the graph).
+        path: the ``.onnx`` file to write (the folder is created).
+        input_names, output_names: graph input and output names, in the module's order.
+        info: the JSON-serialisable metadata.
+        opset: ONNX opset.
+        restore: another module whose training mode must be given back (the network inside a wrapper).
+    """
+    import inspect
+
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = [(m, m.training) for m in (module, restore) if m is not None]
+    module.eval()
+    options = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # The TorchScript exporter, as timm's exporter uses: dynamic_axes work with it and torch.export is not needed.
+        options["dynamo"] = False
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, example, str(temporary), input_names=list(input_names),
+                              output_names=list(output_names), opset_version=opset, do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]},
+                              **options)
+        graph = onnx.load(str(temporary))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(info)
+        onnx.checker.check_model(graph, full_check=True)
+        onnx.save(graph, str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        for m, mode in modes:   # the wrapper first, then the network inside it
+            m.train(mode)
+    return path
+
+
 def check_onnx(path: str | os.PathLike, model, images) -> float:
     """Largest absolute difference between the ONNX file's probabilities and ``sigmoid(model(images))``.
 
@@ -174,6 +224,25 @@ def check_onnx(path: str | os.PathLike, model, images) -> float:
 def _static(dim) -> int | None:
     """A graph dimension's fixed size, or None for a symbolic one ("batch")."""
     return dim if isinstance(dim, int) else None
+
+
+def evaluation_crop(image: Image.Image, img_size: int, resize: int) -> np.ndarray:
+    """The uint8 ``[s, s]`` grey crop of the evaluation view (``common.data.transforms.build_transform``, eval).
+
+    Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
+    bilinear; centre crop with offsets ``int(round((size - s) / 2))`` (Python's round: halves to even).
+    """
+    if image.mode != "L":
+        raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(resize * long / short)
+    size = (resize, resized_long) if width <= height else (resized_long, resize)
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    left = int(round((size[0] - img_size) / 2.0))
+    top = int(round((size[1] - img_size) / 2.0))
+    return np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.uint8)
 
 
 class OnnxPredictor:

@@ -50,6 +50,11 @@ class ModelInfo:
         cam_layer: ``model -> layer`` whose activations and gradients Grad-CAM combines (the last feature stage).
         cam_channels_last: that layer returns channels-last maps or tokens (Swin), which Grad-CAM must see as
             ``[B, C, H, W]``.
+        cam_head: what lies between ``cam_layer`` and the logits, when it is small enough for the Grad-CAM channel
+            weights to be written as explicit graph operations (:mod:`common.explain.browser_graph`):
+            ``"pool_mix_linear"`` (mean pool, 1x1 convolution + hard-swish, linear: the OFA subnets),
+            ``"pool_linear"`` (mean pool, linear: Grad-CAM equals CAM), ``"norm_pool_linear"`` (BatchNorm, mean
+            pool, linear); None where no such form is written (the browser page then shows no heatmap).
         prints_comma_total: the original's para-test printed an extra "total, M" summary line (EEEA-Net-C2 only).
     """
 
@@ -71,6 +76,7 @@ class ModelInfo:
     timm_name: Optional[str]
     cam_layer: Callable[[nn.Module], nn.Module]
     cam_channels_last: bool = False
+    cam_head: Optional[str] = None
     prints_comma_total: bool = False
 
     @property
@@ -126,7 +132,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/eeea-c2.pt",
         original_count_classes=14, num_features=1280, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
-        cam_layer=lambda model: model.final_expand_layer,
+        cam_layer=lambda model: model.final_expand_layer, cam_head="pool_mix_linear",
     ), _build_ofa("EEEA_C2_CONFIG")),
     "ofa595": _Entry(_info(
         name="ofa595", display_name="OFA-595", folder_index=2, converter=_converter("convert_ofa"),
@@ -134,7 +140,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/jitdee-ai/darmo/releases/download/0.0.1/ofa595_1k_b1a18d5.pt",
         original_count_classes=14, num_features=1536, head_prefix="classifier.linear.",
         min_img_size=1, img_size_multiple=1, fixed_input_size=False, timm_name=None,
-        cam_layer=lambda model: model.final_expand_layer,
+        cam_layer=lambda model: model.final_expand_layer, cam_head="pool_mix_linear",
     ), _build_ofa("OFA595_CONFIG")),
     "chexnet": _Entry(_info(
         name="chexnet", display_name="CheXNet", folder_index=3, converter=_converter("convert_densenet"),
@@ -143,6 +149,7 @@ _REGISTRY: dict[str, _Entry] = {
         original_count_classes=14, num_features=1024, head_prefix="classifier.",
         min_img_size=29, img_size_multiple=1, fixed_input_size=False, timm_name="densenet121",
         cam_layer=lambda model: model.features[-1],  # norm5: BatchNorm + ReLU after dense block 4
+        cam_head="pool_linear",
     ), _build_timm("densenet121", pass_img_size=False)),
     "visformer_small": _Entry(_info(
         name="visformer_small", display_name="Visformer-small", folder_index=4,
@@ -150,7 +157,7 @@ _REGISTRY: dict[str, _Entry] = {
         imagenet_url="https://github.com/danczs/Visformer/releases/download/v1.0.0/visformer_small.pth",
         original_count_classes=1000, num_features=768, head_prefix="head.",
         min_img_size=32, img_size_multiple=2, fixed_input_size=True, timm_name="visformer_small",
-        cam_layer=lambda model: model.stage3,
+        cam_layer=lambda model: model.stage3, cam_head="norm_pool_linear",  # stage3 -> BatchNorm -> pool -> head
     ), _build_timm("visformer_small", pass_img_size=True)),
     "autoformerv2_base": _Entry(_info(
         name="autoformerv2_base", display_name="AutoFormerV2-base", folder_index=5,
