@@ -51,9 +51,11 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     Random weights are used; nothing is downloaded. Run through :func:`common.commands._cli.run_main`, e.g.
     ``sys.exit(run_main(functools.partial(para_test_main, model_name="chexnet")))``.
     """
+    from common.models import model_info
     parser = ArgumentParser(
         prog=f"para-test ({model_name})",
-        description=f"Parameters, thop total, MACs and latency of {model_name} (random weights, batch 1).")
+        description=f"Parameters, thop total, MACs and latency of {model_info(model_name).display_name} (random "
+                    "weights, batch 1).")
     parser.add_argument("--img-size", type=positive_int, default=224,
                         help="square input size for the counts and the latency (default 224, as the original)")
     parser.add_argument("--device", default=None,
@@ -63,7 +65,7 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     parser.add_argument("--quiet-thop", action="store_true", help="hide thop's [INFO] Register lines")
     args = parser.parse_args(argv)
     # Imported after parsing: --help (and a bad flag) answer without loading torch.
-    from common.models import check_img_size, create_model, model_info
+    from common.models import check_img_size, create_model
     from common.models.profile import count_parameters, macs, median_latency_ms, onnx_latency_ms, thop_total
     info = model_info(model_name)
     check_img_size(model_name, args.img_size)
