@@ -1,14 +1,13 @@
 """Folder 6: cached == online teacher logits on the same view, and a tiny end-to-end distillation + comparison."""
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_BOOT, LOADER, copy_runs, official_split_flags, trained_run_flags
 
 from common.commands import compare, distill
 from common.commands import evaluate as evaluation
-from common.commands import train as training
 from common.commands._cli import run_main
 from common.constants import DISTILL_FOLDER
 from common.data.split_data import SplitData
@@ -17,28 +16,23 @@ from common.engine.distill import CachedTeachers, DistillationCriterion, OnlineT
 from common.engine.losses import MultiLabelKDLoss
 from common.models import model_folders
 
-TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
-        "--lr", "1e-3", "--warmup-epochs", "0"]
-
-
-def train(folder: str, out_root: Path, synthetic: Path, *extra):
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
-            "--output-dir", str(out_root / folder), *extra]
-    index = int(folder.split("-")[0])
-    assert run_main(training.main, argv, model=model_folders()[index][1], index=index) == 0
 
 
 @pytest.fixture(scope="module")
-def teachers(synthetic, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    train("1-EEEA-Net-C2", root, synthetic)
-    train("2-OFA-595", root, synthetic)
-    return root
+def teachers(trained_model1, trained_model2, tmp_path_factory):
+    """A copy of the session's model1 and model2 (the students and the comparison write beside them)."""
+    return copy_runs(tmp_path_factory, trained_model1, trained_model2)
+
+
+def teacher_split_data(synthetic, parts=("train",)) -> SplitData:
+    """The split the teachers were trained on (the official-style split of the synthetic set)."""
+    return SplitData(synthetic / "images", str(synthetic), str(synthetic / "Data_Entry_2017_v2020.csv"), 0.1, 0,
+                     parts=parts, workers=0)
 
 
 def test_cached_and_online_give_the_same_loss_on_the_same_view(teachers, synthetic, tmp_path):
     teacher = Teacher(teachers / "2-OFA-595" / "model2.pth", 2)
-    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    data = teacher_split_data(synthetic)
     cached = build_or_load_cache(teacher, data, tmp_path, 8, torch.device("cpu"), None)
     # The same deterministic view for the student batch and the cache: the eval transform at the teacher's size.
     view = build_transform(teacher.img_size, teacher.mean, teacher.std, train=False)
@@ -66,8 +60,7 @@ def test_cached_and_online_give_the_same_loss_on_the_same_view(teachers, synthet
 @pytest.mark.slow
 def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     student_dir = teachers / DISTILL_FOLDER
-    common = ["--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels"), *TINY,
-              "--output-dir", str(student_dir), "--teacher-mode", "cached"]
+    common = trained_run_flags(synthetic) + ["--output-dir", str(student_dir), "--teacher-mode", "cached"]
     assert run_main(distill.main, common + ["--teacher", "all"]) == 0
     assert run_main(distill.main, common + ["--teacher", "ensemble", "--ensemble-weights", "auroc",
                                             "--teacher-mode", "online"]) == 0
@@ -83,7 +76,7 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     assert any(s.startswith("teacher model2.pth: model2:") for s in sources)
 
     assert run_main(compare.main,
-                    ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", "--n-boot", "50"]) == 0
+                    ["--output-dir", str(student_dir), *LOADER, *FAST_BOOT]) == 0
     for name in ("comparison.md", "comparison.csv", "comparison-per-class.csv", "comparison-bootstrap.csv",
                  "comparison.json", "comparison-auroc.png"):
         assert (student_dir / name).is_file(), name
@@ -108,8 +101,8 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     # The comparison's numbers equal those of test-model.py in each folder.
     for index, folder in ((1, "1-EEEA-Net-C2"), (2, "2-OFA-595")):
         out = teachers / folder
-        assert run_main(evaluation.main, ["--checkpoint", str(out / f"model{index}.pth"), "--workers", "0",
-                                          "--device", "cpu"], model=model_folders()[index][1], index=index) == 0
+        assert run_main(evaluation.main, ["--checkpoint", str(out / f"model{index}.pth"), *LOADER, *FAST_BOOT],
+                        model=model_folders()[index][1], index=index) == 0
         report = json.loads((out / f"model{index}-test.json").read_text())
         assert float(rows[f"model{index}"]["mean_auroc"]) == pytest.approx(report["mean_auroc"], abs=1e-12)
         assert float(rows[f"model{index}"]["mean_f1@0.5"]) == pytest.approx(
@@ -117,8 +110,7 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     # A second comparison reuses every model (issue 18 §3): the teachers' logits from their folders' test-model.py
     # results, the students' from the first comparison's own comparison-results/; it says so per model.
     capsys.readouterr()
-    assert run_main(compare.main, ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu",
-                                   "--n-boot", "50"]) == 0
+    assert run_main(compare.main, ["--output-dir", str(student_dir), *LOADER, *FAST_BOOT]) == 0
     out = capsys.readouterr().out
     summary = out.split("Earlier results, per model")[1]
     for key in ("model1", "model2", "modeld1", "modeld2", "modeld-ensemble"):
@@ -133,8 +125,8 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
     import shutil
     rerun = teachers.parent / "seed-run"
     shutil.copytree(teachers, rerun, ignore=shutil.ignore_patterns("*-last.pth", "teacher-cache"))
-    assert run_main(compare.main, ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu",
-                                   "--n-boot", "20", "--seed-runs", str(rerun)]) == 0
+    assert run_main(compare.main, ["--output-dir", str(student_dir), *LOADER, *FAST_BOOT,
+                                   "--seed-runs", str(rerun)]) == 0
     spread = {row["model"]: row for row in json.loads((student_dir / "comparison.json").read_text())["seed_spread"]}
     assert spread["model1"]["runs"] == 2 and spread["model1"]["mean_auroc_sd"] == pytest.approx(0, abs=1e-12)
     assert spread["modeld1"]["diff_runs"] == 2 and "training runs with different seeds" in (
@@ -145,7 +137,7 @@ def test_tiny_distillation_and_comparison(teachers, synthetic, capsys):
 
 
 def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic, capsys):
-    argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), "--split", str(synthetic / "labels")]
+    argv = ["--teacher", "all", "--data-dir", str(synthetic / "images"), *official_split_flags(synthetic)]
     assert run_main(distill.main, argv, folder=tmp_path / DISTILL_FOLDER) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: no teacher checkpoints under") and str(tmp_path) in error
@@ -156,7 +148,7 @@ def test_all_without_any_teacher_fails_clearly(tmp_path, synthetic, capsys):
 def test_interrupted_cache_build_resumes(teachers, synthetic, tmp_path, monkeypatch):
     import common.engine.distill as distill_module
     teacher = Teacher(teachers / "1-EEEA-Net-C2" / "model1.pth", 1)
-    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("train",), workers=0)
+    data = teacher_split_data(synthetic)
     complete = build_or_load_cache(teacher, data, tmp_path / "reference", 8, torch.device("cpu"), None)
 
     monkeypatch.setattr(distill_module, "SAVE_EVERY_BATCHES", 1)

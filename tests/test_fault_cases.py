@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from common.commands import evaluate as evaluation
 from common.commands import train as training
@@ -14,9 +15,6 @@ from common.runs.folder import OutputLock
 
 # Each test trains a tiny model (seconds apiece on a quiet CPU); the whole suite in CI runs them.
 pytestmark = pytest.mark.slow
-
-TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
-        "--lr", "1e-3", "--warmup-epochs", "0"]
 
 
 def flags(synthetic, out):

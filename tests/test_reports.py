@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_dependent
+from conftest import FAST_BOOT, LOADER, copy_runs, make_image_dependent, official_split_flags
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from common.commands import compare
 from common.commands import evaluate as evaluation
-from common.commands import train as training
 from common.commands._cli import run_main
 from common.commands.para_test import para_test_main
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
@@ -29,30 +28,22 @@ from common.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "data" / "images"
-FAST_BOOT = ["--n-boot", "20", "--subgroup-boot", "10"]
 
 
-def split_flags(synthetic):
-    """The official-style split of the synthetic set (its test list holds every synthetic box) and its labels."""
-    return ["--split", str(synthetic), "--label-file", str(synthetic / "Data_Entry_2017_v2020.csv")]
+split_flags = official_split_flags
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic, tmp_path_factory):
-    """model1 (EEEA-Net-C2) trained 2 epochs at 64 px (a 2 x 2 last feature map) on the official-style split."""
-    root = tmp_path_factory.mktemp("reports")
-    out = root / "1-EEEA-Net-C2"
-    flags = ["--data-dir", str(synthetic / "images"), *split_flags(synthetic), "--epochs", "2", "--batch-size", "16",
-             "--img-size", "64", "--workers", "0", "--device", "cpu", "--lr", "1e-3", "--warmup-epochs", "0",
-             "--output-dir", str(out)]
-    assert run_main(training.main, flags, model="eeea_c2", index=1) == 0
-    return root
+def trained(trained_model1, tmp_path_factory):
+    """A copy of the session's model1 (EEEA-Net-C2, 2 epochs at 64 px: a 2 x 2 last feature map, on the
+    official-style split); the reports are written beside it."""
+    return copy_runs(tmp_path_factory, trained_model1)
 
 
 def test_cam_and_localization_write_the_sheet_and_the_table(trained, synthetic, capsys):
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
     bbox = synthetic / "BBox_List_synthetic.csv"
-    argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--device", "cpu", "--cam", "2", "--localization",
+    argv = ["--checkpoint", str(checkpoint), *LOADER, "--cam", "2", "--localization",
             "--bbox-file", str(bbox), *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     printed = capsys.readouterr().out
@@ -129,7 +120,7 @@ def test_comparison_with_a_baseline_file_and_localisation(trained, synthetic, tm
     test = split.parts["test"]
     probs = np.clip(0.5 * test.labels + 0.5 * np.random.default_rng(1).uniform(size=test.labels.shape), 0, 1)
     baseline = _write_predictions(tmp_path / "chexnet-published.csv", test.names, probs)
-    argv = ["--output-dir", str(student_dir), "--workers", "0", "--device", "cpu", *FAST_BOOT, "--localization",
+    argv = ["--output-dir", str(student_dir), *LOADER, *FAST_BOOT, "--localization",
             "--bbox-file", str(synthetic / "BBox_List_synthetic.csv"), "--baseline", f"Published={baseline}"]
     assert run_main(compare.main, argv, folder=student_dir) == 0
     with open(student_dir / "comparison.csv") as stream:

@@ -6,15 +6,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, run_script, tiny_training_flags
 
 from common.models import model_folders
 
 # Every test here runs the scripts as subprocesses (a fresh interpreter each: seconds apiece).
 pytestmark = pytest.mark.slow
 
-TINY = ["--epochs", "3", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
-        "--lr", "1e-3", "--warmup-epochs", "0"]
+TINY = tiny_training_flags(epochs=3)  # three epochs: killed after the first, resumed at the second
 
 
 def data_flags(synthetic):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_BOOT, LOADER, TRAINED_IMG_SIZE, copy_runs, trained_run_flags
 
 from common.commands import compare, distill
 from common.commands import evaluate as evaluation
@@ -18,12 +19,11 @@ from common.engine.distill import Teacher, cache_key
 from common.errors import UserError
 from common.evaluation.logits import predict_logits
 
-TINY = ["--epochs", "2", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu",
-        "--lr", "1e-3", "--warmup-epochs", "0"]
-
-
-def data_flags(synthetic, split=None):
-    return ["--data-dir", str(synthetic / "images"), "--split", str(split or synthetic / "labels")]
+# A run with model1's own recipe and data on another split folder: what a student or a cross-split test would type.
+def flags_on_split(synthetic, split: Path) -> list[str]:
+    flags = trained_run_flags(synthetic)
+    at = flags.index("--split")
+    return flags[:at] + ["--split", str(split)] + flags[at + 4:]  # without the official split's --label-file
 
 
 def hashes(folder: Path) -> dict:
@@ -54,20 +54,29 @@ def part_names(split_dir: Path, part: str) -> list[str]:
     return [line.split()[0] for line in (split_dir / f"{part}_list.txt").read_text().splitlines()]
 
 
+def model1_split(synthetic):
+    """The split model1 was trained on: the official-style split of the synthetic set, seed 0."""
+    return build_split(str(synthetic), str(synthetic / "Data_Entry_2017_v2020.csv"), 0.1, 0)
+
+
+def model1_parts(synthetic) -> tuple[list[str], list[str], list[str]]:
+    """The train, validation and test names of the split model1 was trained on."""
+    split = model1_split(synthetic)
+    return tuple(list(split.parts[part].names) for part in ("train", "val", "test"))
+
+
 @pytest.fixture(scope="module")
-def trained(synthetic, tmp_path_factory):
-    """model1 (EEEA-Net-C2) trained 2 epochs on the labelled synthetic split."""
-    root = tmp_path_factory.mktemp("trust")
-    out = root / "1-EEEA-Net-C2"
-    assert run_main(training.main, data_flags(synthetic) + TINY + ["--output-dir", str(out)],
-                    model="eeea_c2", index=1) == 0
-    return root
+def trained(trained_model1, tmp_path_factory):
+    """A copy of the session's model1 (EEEA-Net-C2, 2 epochs on the official-style synthetic split): tests here
+    write results, students and resumed states beside it."""
+    return copy_runs(tmp_path_factory, trained_model1)
 
 
 def test_checkpoint_records_the_run_identity(trained, synthetic):
     state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
     identity = state["identity"]
-    assert identity["split"] == {"split": str(synthetic / "labels"), "label_source": "inline",
+    assert identity["split"] == {"split": str(synthetic),
+                                 "label_source": str(synthetic / "Data_Entry_2017_v2020.csv"),
                                  "val_fraction": 0.1, "seed": 0}
     assert identity["data"]["data_dir"] == str(synthetic / "images") and len(identity["data"]["files_sha256"]) == 64
     assert identity["recipe"]["epochs"] == 2 and identity["recipe"]["precision"] == "fp32"
@@ -76,11 +85,11 @@ def test_checkpoint_records_the_run_identity(trained, synthetic):
 
 def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    train, val, test = model1_parts(synthetic)
     leaky = write_split(tmp_path / "leaky", test, val, train[: len(train) // 2], labels)
     before = hashes(trained / "1-EEEA-Net-C2")
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
-    argv = ["--checkpoint", str(checkpoint), "--split", str(leaky), "--workers", "0", "--n-boot", "20"]
+    argv = ["--checkpoint", str(checkpoint), "--split", str(leaky), *LOADER, *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
     images = len(train) // 2  # every test image is a training image; validation counted too (none here)
     one_line_error(capsys, "was trained or selected on", "patients of the test part", str(leaky),
@@ -91,8 +100,7 @@ def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(t
     # Same test patients, other train/val lists: disjoint from what the checkpoint saw, so it is allowed.
     disjoint = write_split(tmp_path / "disjoint", val, train, test, labels)
     # --overwrite: the module's checkpoint is tested with other options by other tests (docs/guide/faults.md §5).
-    argv = ["--checkpoint", str(checkpoint), "--split", str(disjoint), "--workers", "0", "--n-boot", "20",
-            "--overwrite"]
+    argv = ["--checkpoint", str(checkpoint), "--split", str(disjoint), *LOADER, *FAST_BOOT, "--overwrite"]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())
     assert report["leakage_check"]["cross_split"] is True and report["leakage_check"]["shared"] == 0
@@ -102,7 +110,7 @@ def test_cross_split_with_shared_patients_is_refused_and_disjoint_one_recorded(t
 
 def test_validation_equal_to_test_is_refused(synthetic, tmp_path):
     labels = synthetic / "labels"
-    train, test = part_names(labels, "train"), part_names(labels, "test")
+    train, _, test = model1_parts(synthetic)
     same = write_split(tmp_path / "same", train, test, test, labels)
     with pytest.raises(UserError, match="are in both val and test"):
         build_split(str(same))
@@ -113,9 +121,9 @@ def test_validation_equal_to_test_is_refused(synthetic, tmp_path):
 def test_resume_with_another_recipe_is_refused(trained, synthetic, flag, value, capsys):
     out = trained / "1-EEEA-Net-C2"
     before = hashes(out)
-    argv = data_flags(synthetic) + TINY + ["--output-dir", str(out), "--resume", flag, value]
+    argv = trained_run_flags(synthetic) + ["--output-dir", str(out), "--resume", flag, value]
     argv = [a for i, a in enumerate(argv) if not (argv[i - 1:i] == [flag] or a == flag)] + [flag, value] \
-        if flag in TINY else argv
+        if argv.count(flag) > 1 else argv
     assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, "--resume", f"{flag} {value}", "(recorded)")
     assert hashes(out) == before
@@ -124,8 +132,7 @@ def test_resume_with_another_recipe_is_refused(trained, synthetic, flag, value, 
 def test_resume_takes_the_flags_from_the_checkpoint(trained, synthetic, capsys):
     out = trained / "1-EEEA-Net-C2"
     # Nothing typed but the folder: the run's own flags come from model1-last.pth, and it had finished.
-    assert run_main(training.main, ["--output-dir", str(out), "--resume", "--workers", "0", "--device", "cpu"],
-                    model="eeea_c2", index=1) == 0
+    assert run_main(training.main, ["--output-dir", str(out), "--resume", *LOADER], model="eeea_c2", index=1) == 0
     assert "already finished 2 of 2 epochs" in capsys.readouterr().out
 
 
@@ -138,7 +145,7 @@ def test_resume_on_other_pixels_is_refused(trained, synthetic, tmp_path, capsys)
     state = torch.load(out / "model1-last.pth", map_location="cpu", weights_only=True)
     state["epoch"] = 1  # pretend it was interrupted so that resuming does real work
     torch.save(state, tmp_path / "model1-last.pth")
-    argv = ["--data-dir", str(copy), "--output-dir", str(tmp_path), "--resume", "--workers", "0", "--device", "cpu"]
+    argv = ["--data-dir", str(copy), "--output-dir", str(tmp_path), "--resume", *LOADER]
     assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, "--data-dir")
 
@@ -146,7 +153,7 @@ def test_resume_on_other_pixels_is_refused(trained, synthetic, tmp_path, capsys)
 @pytest.mark.slow
 def test_distillation_resume_from_another_run_is_refused(trained, synthetic, capsys):
     folder6 = trained / "6-Distilling-to-EEEA-Net-C2"
-    base = data_flags(synthetic) + TINY + ["--output-dir", str(folder6), "--teacher-mode", "online"]
+    base = trained_run_flags(synthetic) + ["--output-dir", str(folder6), "--teacher-mode", "online"]
     assert run_main(distill.main, base + ["--teacher", "1"]) == 0
     capsys.readouterr()
     before = hashes(folder6)
@@ -179,14 +186,14 @@ def test_teacher_cache_key_holds_pixels_and_precision(trained, synthetic, tmp_pa
 
 def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    train, val, test = model1_parts(synthetic)
     swapped = write_split(tmp_path / "swapped", test, val, train, labels)  # test = model1's training patients
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
-            str(tmp_path / "6"), "--teacher", "1", "--teachers-root", str(trained)]
+    argv = flags_on_split(synthetic, swapped) + ["--output-dir", str(tmp_path / "6"), "--teacher", "1",
+                                                 "--teachers-root", str(trained)]
     assert run_main(distill.main, argv) == 2
     one_line_error(capsys, "teacher", "was trained or selected on", "patients of the test part")
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
-            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(tmp_path / "none.pth")]
+    argv = flags_on_split(synthetic, swapped) + ["--output-dir", str(tmp_path / "6"), "--teacher", "1",
+                                                 "--teacher-checkpoint", str(tmp_path / "none.pth")]
     assert run_main(distill.main, argv) == 2
     capsys.readouterr()
 
@@ -194,18 +201,20 @@ def test_student_init_and_teacher_are_checked_by_patients(trained, synthetic, tm
 @pytest.mark.slow
 def test_tencrop_thresholds_come_from_tencrop_validation(trained, synthetic, capsys):
     checkpoint = trained / "1-EEEA-Net-C2" / "model1.pth"
-    argv = ["--checkpoint", str(checkpoint), "--workers", "0", "--tencrop", "--n-boot", "20", "--overwrite"]
+    argv = ["--checkpoint", str(checkpoint), *LOADER, "--tencrop", *FAST_BOOT, "--overwrite"]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     assert "transfer imperfectly" in capsys.readouterr().out
     report = json.loads((trained / "1-EEEA-Net-C2" / "model1-test.json").read_text())
     used = [report["threshold_val_max_f1"]["thresholds"][c] for c in report["classes"]]
     # The same thresholds, chosen here by hand on ten-crop probabilities of the validation part.
     teacher = Teacher(checkpoint, 1)
-    data = SplitData(synthetic / "images", str(synthetic / "labels"), None, 0.1, 0, parts=("val",), workers=0)
+    data = SplitData(synthetic / "images", str(synthetic), str(synthetic / "Data_Entry_2017_v2020.csv"), 0.1, 0,
+                     parts=("val",), workers=0)
     from common.data.transforms import build_transform
     from common.evaluation.logits import sigmoid
     from common.evaluation.metrics import choose_thresholds
-    view = build_transform(32, teacher.mean, teacher.std, train=False, tencrop=True)
+    assert teacher.img_size == TRAINED_IMG_SIZE
+    view = build_transform(teacher.img_size, teacher.mean, teacher.std, train=False, tencrop=True)
     logits, targets = predict_logits(teacher.model, data.loader("val", view, 3, shuffle=False), torch.device("cpu"),
                                      None)
     assert report["threshold_view"].startswith("ten-crop")
@@ -232,7 +241,7 @@ def test_a_student_resumes_only_from_its_own_state(trained, synthetic, tmp_path,
     state = torch.load(trained / "1-EEEA-Net-C2" / "model1-last.pth", map_location="cpu", weights_only=True)
     state["prefix"] = "modeld1"
     torch.save(state, folder6 / "modeld1-last.pth")
-    argv = data_flags(synthetic) + TINY + ["--output-dir", str(folder6), "--teacher", "2", "--teacher-checkpoint",
+    argv = trained_run_flags(synthetic) + ["--output-dir", str(folder6), "--teacher", "2", "--teacher-checkpoint",
                                            str(trained / "1-EEEA-Net-C2" / "model1.pth"),
                                            "--resume", str(folder6 / "modeld1-last.pth")]
     assert run_main(distill.main, argv) == 2
@@ -242,11 +251,11 @@ def test_a_student_resumes_only_from_its_own_state(trained, synthetic, tmp_path,
 
 def test_student_init_trained_on_test_patients_is_refused(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    train, val, test = model1_parts(synthetic)
     swapped = write_split(tmp_path / "swapped", test, val, train, labels)
     model1 = trained / "1-EEEA-Net-C2" / "model1.pth"
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
-            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(model1), "--student-init", str(model1)]
+    argv = flags_on_split(synthetic, swapped) + ["--output-dir", str(tmp_path / "6"), "--teacher", "1",
+                                                 "--teacher-checkpoint", str(model1), "--student-init", str(model1)]
     assert run_main(distill.main, argv) == 2
     # The student's start is checked first (before the teachers are loaded); both are model1.
     one_line_error(capsys, "--student-init", "was trained or selected on", "test part")
@@ -291,27 +300,27 @@ def moved_training_patients(split_dir: Path, count: int) -> list[str]:
 def test_checkpoint_records_its_patients_compactly(trained, synthetic):
     state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
     record = state["patients_seen"]
-    split = build_split(str(synthetic / "labels"))
+    split = model1_split(synthetic)
     assert record["train"].dtype == torch.int32 and record["val"].dtype == torch.int32
     assert record["train"].tolist() == sorted(set(split.parts["train"].patient_ids.tolist()))
     assert record["val"].tolist() == sorted(set(split.parts["val"].patient_ids.tolist()))
     assert record["sources"] == [f"model1: trained on the train part and selected on the val part of split "
-                                 f"{synthetic / 'labels'}"]
+                                 f"{synthetic}"]
 
 
 def test_list_files_edited_after_training_are_caught_by_the_record(trained, synthetic, tmp_path, capsys):
     # Train on a folder of lists, then edit them: move 3 training patients into the test list. Simulated on a copy
-    # of model1 whose recorded split is that folder (the record is what model1 really trained on).
-    lists = tmp_path / "lists"
-    shutil.copytree(synthetic / "labels", lists)
+    # of model1 whose recorded split is that folder, holding model1's own parts (the record is what model1 really
+    # trained on).
+    lists = write_split(tmp_path / "lists", *model1_parts(synthetic), synthetic / "labels")
     state = torch.load(trained / "1-EEEA-Net-C2" / "model1.pth", map_location="cpu", weights_only=True)
-    state["config"]["split"] = str(lists)
+    state["config"]["split"], state["config"]["label_file"] = str(lists), None
     folder = tmp_path / "model"
     folder.mkdir()
     torch.save(state, folder / "model1.pth")
     moved = moved_training_patients(lists, 3)
     patients = len({name.split("_")[0] for name in moved})
-    argv = ["--checkpoint", str(folder / "model1.pth"), "--workers", "0", "--n-boot", "20"]
+    argv = ["--checkpoint", str(folder / "model1.pth"), *LOADER, *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2  # its own (edited) split: no shortcut
     one_line_error(capsys, f"was trained or selected on {patients} of the", f"{patients} patients ({len(moved)} images) "
                    "in training", "as recorded in it")
@@ -325,7 +334,7 @@ def test_list_files_edited_after_training_are_caught_by_the_record(trained, synt
 
 def test_refusal_counts_validation_patients_too(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    split = build_split(str(labels))
+    split = model1_split(synthetic)
     train, val, test = (split.parts[p] for p in ("train", "val", "test"))
     first = int(train.patient_ids[0])
     train_images = [n for n, p in zip(train.names, train.patient_ids) if p == first]
@@ -335,8 +344,8 @@ def test_refusal_counts_validation_patients_too(trained, synthetic, tmp_path, ca
     mixed = write_split(tmp_path / "mixed", [n for n, p in zip(test.names, test.patient_ids) if p < cut],
                         [n for n, p in zip(test.names, test.patient_ids) if p >= cut], train_images + val.names, labels)
     val_patients = len(set(val.patient_ids.tolist()))
-    argv = ["--checkpoint", str(trained / "1-EEEA-Net-C2" / "model1.pth"), "--split", str(mixed), "--workers", "0",
-            "--n-boot", "20"]
+    argv = ["--checkpoint", str(trained / "1-EEEA-Net-C2" / "model1.pth"), "--split", str(mixed), *LOADER,
+            *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, f"was trained or selected on {1 + val_patients} of the {1 + val_patients} patients",
                    f"1 patients ({len(train_images)} images) in training",
@@ -345,17 +354,16 @@ def test_refusal_counts_validation_patients_too(trained, synthetic, tmp_path, ca
 
 def test_pretrained_project_checkpoint_is_checked_by_patients(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
+    train, val, test = model1_parts(synthetic)
     swapped = write_split(tmp_path / "swapped", test, val, train, labels)  # test = model1's training patients
     model1 = trained / "1-EEEA-Net-C2" / "model1.pth"
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
-            str(tmp_path / "out"), "--pretrained", str(model1)]
+    argv = flags_on_split(synthetic, swapped) + ["--output-dir", str(tmp_path / "out"), "--pretrained", str(model1)]
     assert run_main(training.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, "--pretrained", "was trained or selected on", "test part")
     assert not (tmp_path / "out" / "model1.pth").exists()
     # Folder 6: --pretrained as the student's start is checked as --student-init is.
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(swapped), *TINY, "--output-dir",
-            str(tmp_path / "6"), "--teacher", "1", "--teacher-checkpoint", str(model1), "--pretrained", str(model1)]
+    argv = flags_on_split(synthetic, swapped) + ["--output-dir", str(tmp_path / "6"), "--teacher", "1",
+                                                 "--teacher-checkpoint", str(model1), "--pretrained", str(model1)]
     assert run_main(distill.main, argv) == 2
     one_line_error(capsys, "--pretrained", "was trained or selected on", "test part")
 
@@ -363,8 +371,8 @@ def test_pretrained_project_checkpoint_is_checked_by_patients(trained, synthetic
 @pytest.mark.slow
 def test_the_record_travels_to_a_model_started_from_a_checkpoint(trained, synthetic, tmp_path, capsys):
     labels = synthetic / "labels"
-    train, val, test = (part_names(labels, p) for p in ("train", "val", "test"))
-    split = build_split(str(labels))
+    train, val, test = model1_parts(synthetic)
+    split = model1_split(synthetic)
     patients = split.parts["train"].patient_ids
     cut = int(patients[len(patients) // 2])
     first = [n for n, p in zip(train, patients) if p < cut]
@@ -372,8 +380,8 @@ def test_the_record_travels_to_a_model_started_from_a_checkpoint(trained, synthe
     # B: half of model1's training patients, its validation and test parts: model1 is a fair start.
     b_split = write_split(tmp_path / "b", first, val, test, labels)
     out = tmp_path / "b-run"
-    argv = ["--data-dir", str(synthetic / "images"), "--split", str(b_split), *TINY, "--epochs", "1",
-            "--output-dir", str(out), "--pretrained", str(trained / "1-EEEA-Net-C2" / "model1.pth")]
+    argv = flags_on_split(synthetic, b_split) + ["--epochs", "1", "--output-dir", str(out), "--pretrained",
+                                                 str(trained / "1-EEEA-Net-C2" / "model1.pth")]
     assert run_main(training.main, argv, model="eeea_c2", index=1) == 0
     capsys.readouterr()
     record = torch.load(out / "model1.pth", map_location="cpu", weights_only=True)["patients_seen"]
@@ -381,7 +389,7 @@ def test_the_record_travels_to_a_model_started_from_a_checkpoint(trained, synthe
     assert any(source.startswith("--pretrained model1.pth: model1:") for source in record["sources"])
     # C: tested on model1's other half, which this run never trained on but its start did.
     c_split = write_split(tmp_path / "c", test, val, second, labels)
-    argv = ["--checkpoint", str(out / "model1.pth"), "--split", str(c_split), "--workers", "0", "--n-boot", "20"]
+    argv = ["--checkpoint", str(out / "model1.pth"), "--split", str(c_split), *LOADER, *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, "was trained or selected on", f"({len(second)} of its {len(second)} images)",
                    "--pretrained model1.pth")
@@ -393,7 +401,7 @@ def test_a_checkpoint_without_a_record_falls_back_with_a_warning(trained, synthe
     folder = tmp_path / "old"
     folder.mkdir()
     torch.save(state, folder / "model1.pth")
-    argv = ["--checkpoint", str(folder / "model1.pth"), "--workers", "0", "--n-boot", "20", "--subgroup-boot", "5"]
+    argv = ["--checkpoint", str(folder / "model1.pth"), *LOADER, *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 0
     assert "records no patients (made by an older version)" in capsys.readouterr().out
     report = json.loads((folder / "model1-test.json").read_text())

@@ -47,7 +47,7 @@ def add_data_arguments(parser: ArgumentParser) -> None:
                        help="which size of a --image-cache folder holding several (256 and 512): default the size "
                             "the model is evaluated at (256 for 224-px models, 512 for 448-px ones), or the "
                             "folder's only size")
-    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
 
 
 def add_training_arguments(parser: ArgumentParser) -> None:
@@ -65,13 +65,15 @@ def add_training_arguments(parser: ArgumentParser) -> None:
     group.add_argument("--clip-grad", type=non_negative_float, default=1.0,
                        help="gradient-norm clipping, 0 to disable (default 1.0; original none)")
     group.add_argument("--pos-weight", choices=("none", "balanced"), default="none",
-                       help="BCE per-class pos_weight: none, or balanced = negatives/positives of the training part")
+                       help="BCE per-class pos_weight: none, or balanced = negatives/positives of the training part "
+                            "(default none)")
     group.add_argument("--img-size", type=positive_int, default=224, help="input size (default 224, as the original)")
     group.add_argument("--crop-scale", type=unit_fraction, default=0.08,
                        help="smallest area share of RandomResizedCrop (default 0.08, torchvision's and the original's)")
     group.add_argument("--pretrained", default=None,
                        help="initial weights: a local checkpoint file in a published format, or 'imagenet' to "
-                            "download the published ImageNet file (needs the network); default: random init")
+                            "download the published ImageNet file (needs the network); default: random weights, "
+                            "much weaker on the real data set")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="let --pretrained / --student-init unpickle a file that asks for classes other than "
                             "tensors and the published formats' argparse.Namespace and numpy scalars: this RUNS CODE "
@@ -84,14 +86,30 @@ def add_training_arguments(parser: ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: the script's folder)")
     group.add_argument("--resume", nargs="?", const="auto", default=None,
-                       help="continue an interrupted run from its *-last.pth (or from the given file)")
+                       help="continue an interrupted run from its *-last.pth (or from the given file); the run's "
+                            "flags come from that file: type none of them, or only with the values the run had "
+                            "(another value is refused); --threads, --workers and --compile may differ")
     group.add_argument("--overwrite", action="store_true", help="start again even if checkpoints already exist")
+
+
+# What the data flags of a command that scores checkpoints mean when they are not typed (the checkpoint's own).
+CHECKPOINT_DATA_HELP = {
+    "data_dir": "folder holding the CXR8 PNGs (default: the folder the checkpoint was trained on, else "
+                "$CXR8_DATA_DIR)",
+    "split": "official, arnoweng or a directory of list files (default: the split the checkpoint was trained on)",
+    "label_file": "v2020, 2017 or a Data_Entry CSV path, for names-only lists (default: the checkpoint's)",
+    "val_fraction": "share of train_val patients held out for validation in the official split; the validation "
+                    "thresholds are chosen on that part (default: the checkpoint's)",
+    "threads": "torch intra-op threads (default: the cores the workers leave)",
+}
 
 
 def add_evaluation_arguments(parser: ArgumentParser) -> None:
     """Data and evaluation flags of the test scripts; split and labels default to those of the checkpoint."""
     add_data_arguments(parser)
     parser.set_defaults(split=None, val_fraction=None)
+    for action in parser._actions:
+        action.help = CHECKPOINT_DATA_HELP.get(action.dest, action.help)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     parser.add_argument("--tencrop", action="store_true",
                         help="average the probabilities of TenCrop(224) after resize 256, as the original did "

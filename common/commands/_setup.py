@@ -38,6 +38,21 @@ from common.runtime.distributed import Distributed, is_main_process, processes_p
 from common.runtime.threads import apply_thread_choice
 
 
+# A training part this large is the real data set (its smallest, arnoweng's, trains on 78,468 images), not a synthetic
+# or resized sample of it: there, random initial weights give a much weaker model than ImageNet ones.
+REAL_SIZE_TRAINING_IMAGES = 10_000
+
+
+def random_init_note(model_name: str, training_images: int, init_source: str | None) -> str | None:
+    """The one line said when a real-size run starts from random weights, or None."""
+    if init_source or training_images < REAL_SIZE_TRAINING_IMAGES:
+        return None
+    return (f"note: {model_info(model_name).display_name} starts from random weights (no --pretrained) on "
+            f"{training_images:,} training images; on the real data set that gives a much weaker model than "
+            "ImageNet weights: pass --pretrained imagenet (or a published file) unless random weights are what "
+            "you study")
+
+
 def data_flags(args) -> DataFlags:
     """The data flags of a command that reads a checkpoint's split (None: the checkpoint's recorded value)."""
     return DataFlags(data_dir=args.data_dir, split=args.split, label_file=args.label_file,
@@ -156,13 +171,16 @@ class TrainingRun:
 
 
 def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_source: str | None = None,
-                   data: SplitData | None = None, init_flag: str = "--pretrained") -> TrainingRun:
+                   data: SplitData | None = None, init_flag: str = "--pretrained",
+                   announce_random_init: bool = True) -> TrainingRun:
     """Device, data, model (with ``init_source`` weights unless resuming), paths and resume state of a run.
 
     Before any data is read, the output folder is checked writable and locked for this run (``<prefix>``), and
     temporaries a killed run left there are removed. ``data`` reuses an already indexed split (several runs on the
     same images). When the state to resume has finished every epoch already, the returned run has ``finished`` set
     and nothing else to do. ``init_flag`` names the flag that gave ``init_source`` in messages.
+    ``announce_random_init``: say :func:`random_init_note` when it applies (a command that sets up several runs
+    says it once).
     """
     lock = None
     if is_main_process():  # under torchrun rank 0 owns the folder; the other processes write nothing there
@@ -171,7 +189,7 @@ def setup_training(args, model_name: str, prefix: str, output_dir: Path, init_so
         lock.acquire()
     try:
         run = _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep=lock is not None,
-                            init_flag=init_flag)
+                            init_flag=init_flag, announce_random_init=announce_random_init)
     except Interrupted as stop:
         if lock is not None:
             lock.release()
@@ -196,7 +214,7 @@ def _earlier_files(output_dir: Path, prefix: str) -> str:
 
 
 def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep: bool,
-                  init_flag: str = "--pretrained") -> TrainingRun:
+                  init_flag: str = "--pretrained", announce_random_init: bool = True) -> TrainingRun:
     if sweep:
         remove_stale_temporaries(output_dir, prefix)
     paths = CheckpointPaths.for_prefix(output_dir, prefix)
@@ -216,6 +234,9 @@ def _setup_locked(args, model_name, prefix, output_dir, init_source, data, sweep
     amp_dtype = amp_dtype_for(device, not args.no_amp)
     data = data or training_data(args)
     print(data.split.describe())
+    note = random_init_note(model_name, len(data.split.parts["train"]), init_source)
+    if note and resume_state is None and announce_random_init and is_main_process():
+        print(note)
     identity = run_identity(
         split_identity(data.split, args.val_fraction, args.seed),
         data.identity(data.split.parts["train"].names + data.split.parts["val"].names),

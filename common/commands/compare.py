@@ -40,7 +40,8 @@ def get_args_parser() -> ArgumentParser:
     add_evaluation_arguments(parser)
     parser.add_argument("--teachers-root", default=None,
                         help="folder holding 1-EEEA-Net-C2 ... 5-AutoFormerV2-base (default: parent of --output-dir)")
-    parser.add_argument("--output-dir", default=None, help="folder with modeldK.pth; results go here too")
+    parser.add_argument("--output-dir", default=None,
+                        help="folder with modeldK.pth; results go here too (default: the script's folder)")
     parser.add_argument("--seed-runs", nargs="+", default=[], metavar="DIR",
                         help="folders laid out like the repository, each trained with its own --seed: report the mean "
                              "and spread across them of every model's test mean AUROC and of student - model1")

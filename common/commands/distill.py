@@ -27,7 +27,7 @@ def get_args_parser() -> ArgumentParser:
     add_training_arguments(parser)
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher", required=True, choices=[*map(str, model_folders()), "all", "ensemble"],
-                       help="teacher folder K (model K.pth), all (1..5 in turn) or ensemble (all at once)")
+                       help="teacher folder K (its modelK.pth), all (1..5 in turn) or ensemble (all at once)")
     group.add_argument("--teacher-checkpoint", default=None,
                        help="teacher file to use instead of ../K-*/modelK.pth (single teacher only)")
     group.add_argument("--teachers-root", default=None,
@@ -35,13 +35,15 @@ def get_args_parser() -> ArgumentParser:
                             "--output-dir, i.e. the repository)")
     group.add_argument("--teacher-mode", choices=("online", "cached"), default="online",
                        help="online: teachers see the student's augmented batch (exact, slower); cached: teacher "
-                            "logits computed once on the eval view of each training image (fast)")
+                            "logits computed once on the eval view of each training image (fast); default online, "
+                            "so type --teacher-mode cached on every student you compare")
     group.add_argument("--cache-dir", default=None, help="teacher-logit cache folder (default: OUTPUT/teacher-cache)")
     group.add_argument("--alpha", type=unit_fraction, default=0.5,
                        help="weight of the hard-label BCE; 1 - alpha weighs the KD term (default 0.5, the original's)")
     group.add_argument("--temperature", type=positive_float, default=2.0, help="KD temperature T (default 2)")
     group.add_argument("--ensemble-weights", choices=("uniform", "auroc"), default="uniform",
-                       help="ensemble: average teacher probabilities uniformly or per class by validation AUROC")
+                       help="ensemble: average teacher probabilities uniformly or per class by validation AUROC "
+                            "(default uniform)")
     group.add_argument("--student-init", default=None,
                        help="start the student from this EEEA-Net-C2 checkpoint (e.g. ../1-EEEA-Net-C2/model1.pth)")
     return parser
@@ -68,8 +70,9 @@ def build_criterion(teachers: list[Teacher], run: TrainingRun, args, cache_dir: 
 
 
 def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: str, output_dir: Path,
-           data: SplitData | None = None) -> dict:
-    """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them."""
+           data: SplitData | None = None, first: bool = True) -> dict:
+    """Load the teachers at ``paths`` and train one student ``<prefix>.pth`` against them (``first``: the first
+    student of the command, which says what applies to every student once)."""
     from common.commands._setup import selected_or_tested, setup_training
     from common.engine.distill import Teacher
     from common.runs.identity import check_unseen_patients, differences, seen_patients
@@ -77,7 +80,8 @@ def distil(args, teacher_indices: list[int] | None, paths: list[Path], prefix: s
     # load_pretrained prints "=> loaded <file> into eeea_c2" when the student's starting checkpoint is in.
     # The student's start is checked by patients there too, and its record travels into the student's.
     run = setup_training(args, STUDENT_MODEL, prefix, output_dir, init_source=args.student_init or args.pretrained,
-                         data=data, init_flag="--student-init" if args.student_init else "--pretrained")
+                         data=data, init_flag="--student-init" if args.student_init else "--pretrained",
+                         announce_random_init=first)
     if run.finished:
         return run.finished
     try:
@@ -150,7 +154,7 @@ def main(argv=None, *, folder: Path | None = None) -> int:
         distil(args, list(available), list(available.values()), "modeld-ensemble", output_dir)
         return 0
     data = training_data(args)  # index the images once for all the teachers
-    for index, path in available.items():
+    for position, (index, path) in enumerate(available.items()):
         print(f"=== distilling teacher {index} ({path}) into EEEA-Net-C2 -> modeld{index}.pth ===")
-        distil(args, [index], [path], f"modeld{index}", output_dir, data=data)
+        distil(args, [index], [path], f"modeld{index}", output_dir, data=data, first=position == 0)
     return 0

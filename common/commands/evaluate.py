@@ -15,7 +15,8 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
     parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: modelK.pth of this folder)")
     parser.add_argument("--predictions", default=None, metavar="CSV",
                         help="score this CSV of per-image probabilities (Image Index,prob_<Class>,...) instead of a "
-                             "checkpoint, on the test part of --split (default official); results go beside it")
+                             "checkpoint, on the test part of --split (here official unless typed, with --label-file "
+                             "v2020 and --val-fraction 0.1 unless typed); results go beside it")
     add_evaluation_arguments(parser)
     parser.add_argument("--cam", type=positive_int, default=None, metavar="K",
                         help="write Grad-CAM overlays of the K most probable test images of every class and one "
@@ -94,7 +95,9 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     ``--predictions FILE.csv`` the file is scored instead, with the same report, and no checkpoint is read.
     """
     prefix = f"model{index}"
-    args = get_args_parser(description=f"Test {prefix}.pth ({model}) on the test split").parse_args(argv)
+    from common.models import model_info
+    name = model_info(model).display_name
+    args = get_args_parser(description=f"Test {prefix}.pth ({name}) on the test split").parse_args(argv)
     # Imported after parsing: --help (and a bad flag) answer without loading torch.
     from common.commands._setup import scoring_settings
     from common.data.split_data import split_data_for

@@ -22,16 +22,18 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--out", required=True, help="cache folder (created; several sizes can share it: each command reads the size its "
                              "model is evaluated at, or the one --cache-size names)")
     parser.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
-                        help="stored side S in pixels: 256 (default; the eval view of 224-px models) or 512 "
-                             "(448-px models); 7.3 GB / 29 GB for the whole data set")
+                        help="stored side S in pixels: 256 (default; the eval view of the 224-px input all five "
+                             "models train at by default) or 512 (if you train with --img-size 448); 7.3 GB / 29 GB "
+                             "for the whole data set")
     parser.add_argument("--workers", type=positive_int, default=None, help="decoding processes (default: all cores)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--split", default="official",
                        help="cache the images of this split: official (default), arnoweng or a list folder")
     which.add_argument("--all", action="store_true", help="cache every PNG under --data-dir")
     parser.add_argument("--label-file", default=None, help="labels of the split (2017, v2020 or a Data_Entry CSV)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="as for training (does not change the images)")
-    parser.add_argument("--seed", type=int, default=0, help="as for training (does not change the images)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="as for training (default 0.1; does not change the images)")
+    parser.add_argument("--seed", type=int, default=0, help="as for training (default 0; does not change the images)")
     return parser
 
 

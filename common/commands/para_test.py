@@ -51,9 +51,11 @@ def para_test_main(argv: Optional[Sequence[str]], model_name: str) -> None:
     Random weights are used; nothing is downloaded. Run through :func:`common.commands._cli.run_main`, e.g.
     ``sys.exit(run_main(functools.partial(para_test_main, model_name="chexnet")))``.
     """
+    from common.models import model_info
     parser = ArgumentParser(
         prog=f"para-test ({model_name})",
-        description=f"Parameters, thop total, MACs and latency of {model_name} (random weights, batch 1).")
+        description=f"Parameters, thop total, MACs and latency of {model_info(model_name).display_name} (random "
+                    "weights, batch 1).")
     parser.add_argument("--img-size", type=positive_int, default=224,
                         help="square input size for the counts and the latency (default 224, as the original)")
     parser.add_argument("--device", default=None,

@@ -21,7 +21,9 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
     The output goes to ``--output-dir`` or else to ``folder`` (the script's own folder).
     """
     prefix = f"model{index}"
-    args = parse_args(get_args_parser(description=f"Train {model} on ChestX-ray14; writes {prefix}.pth"), argv)
+    from common.models import model_info
+    name = model_info(model).display_name
+    args = parse_args(get_args_parser(description=f"Train {name} on ChestX-ray14; writes {prefix}.pth"), argv)
     # Imported after parsing: --help (and a bad flag) answer without loading torch.
     from common.commands._setup import setup_training
     from common.engine.loop import SupervisedCriterion
