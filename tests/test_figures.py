@@ -160,7 +160,7 @@ def test_comparison_chart_has_intervals_from_chance(tmp_path, checked, low):
     for k, label in enumerate(labels):
         teacher = None if k == 5 else 0.78 + 0.01 * k - (0.35 if low and k == 2 else 0.0)
         student = 0.80 - 0.005 * k
-        rows.append({"label": label, "teacher": teacher, "student": student,
+        rows.append({"label": label, "teacher": teacher, "student": student, "no_teacher": k == 5,
                      "teacher_ci": None if teacher is None else (teacher - 0.02, teacher + 0.02),
                      "student_ci": (student - 0.015, student + 0.02)})
     plots.plot_before_after(rows, 0.80, tmp_path / "comparison-auroc.png",
@@ -173,3 +173,16 @@ def test_comparison_chart_has_intervals_from_chance(tmp_path, checked, low):
     # Error bars: one per present model (5 teachers + 6 students).
     caps = [c for c in axis.collections if c.__class__.__name__ == "LineCollection"]
     assert sum(len(c.get_segments()) for c in caps) == 11
+    assert not any(t.get_text() == "missing" for t in axis.texts)  # the ensemble has no teacher: no slot
+
+
+def test_comparison_chart_says_which_models_are_missing(tmp_path, checked):
+    rows = [{"label": "EEEA-Net-C2", "teacher": 0.7, "student": 0.72, "teacher_ci": (0.65, 0.75),
+             "student_ci": (0.66, 0.77)},
+            {"label": "CheXNet", "teacher": None, "student": None},
+            {"label": "ensemble of 1+3 (uniform)", "teacher": None, "student": 0.71, "no_teacher": True}]
+    plots.plot_before_after(rows, 0.7, tmp_path / "partial.png", "partial comparison")
+    axis = checked.figures["partial.png"].axes[0]
+    assert [t.get_text() for t in axis.texts].count("missing") == 2 and checked["partial.png"] == []
+    bars = [c for c in axis.collections if c.__class__.__name__ == "LineCollection"]
+    assert sum(len(c.get_segments()) for c in bars) == 2  # the ensemble's interval is unknown: no error bar

@@ -533,6 +533,7 @@ def _write(output_dir: Path, rows, entries, results, bootstrap, split_text, labe
             short = (by_key[student_key].get("label") or "").partition(" of ")[2]
             chart_label = f"ensemble of {short}" if short else "ensemble"
         chart_rows.append({"label": chart_label, "teacher": teacher_auroc, "student": student_auroc,
+                           "no_teacher": index == "ensemble",
                            "teacher_ci": _interval(results, None if index == "ensemble" else f"model{index}"),
                            "student_ci": _interval(results, student_key)})
     lines += _side_by_side(by_key, any(row.get("loc_boxes") for row in rows))

@@ -88,7 +88,7 @@ def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, 
 
     ``rows`` items: ``{"label", "teacher", "student"}`` and optionally ``"teacher_ci"`` / ``"student_ci"`` as
     ``(low, high)`` (the patient-bootstrap interval of that model's mean AUROC); values may be None when a model is
-    missing. The axis starts at 0.5 (chance), or at 0 when a value or an interval reaches below chance, and says so.
+    missing (its slot says "missing"), and ``"no_teacher": True`` marks a row without a teacher bar (the ensemble). The axis starts at 0.5 (chance), or at 0 when a value or an interval reaches below chance, and says so.
     """
     labels = [textwrap.fill(r["label"], 16) for r in rows]
     positions = np.arange(len(rows))
@@ -115,14 +115,17 @@ def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, 
                                                 (width / 2, student, s_below, s_above, "EEEA-Net-C2 student (after)")):
         # Bars rise from the axis floor (chance, or 0), so their length is the skill the number claims.
         axis.bar(positions + offset, heights - floor, width, bottom=floor, label=name, zorder=2)
-        have = np.isfinite(heights)
-        axis.errorbar((positions + offset)[have], heights[have], yerr=[np.nan_to_num(below[have]),
-                                                                       np.nan_to_num(above[have])],
+        have = np.isfinite(heights) & np.isfinite(below) & np.isfinite(above)  # no bar for an unknown interval
+        axis.errorbar((positions + offset)[have], heights[have], yerr=[below[have], above[have]],
                       fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
-        for x, value, up in zip(positions + offset, heights, above):
+        for x, value, up, row in zip(positions + offset, heights, above, rows):
             if np.isfinite(value):
                 axis.text(x, value + np.nan_to_num(up) + 0.01, f"{value:.3f}", ha="center", va="bottom", fontsize=7,
                           zorder=4)
+            elif not (offset < 0 and row.get("no_teacher")):
+                # An empty slot says why it is empty rather than looking like a value of zero or chance.
+                axis.text(x, floor + 0.01, "missing", rotation=90, ha="center", va="bottom", fontsize=7,
+                          color="grey", zorder=4)
     if baseline is not None:
         axis.axhline(baseline, color="black", linestyle="--", linewidth=1, zorder=1,
                      label=f"EEEA-Net-C2 without distillation ({baseline:.3f})")
