@@ -255,3 +255,15 @@ def test_trained_model_flags_what_is_not_a_chest_xray(synthetic, tmp_path, capsy
     assert run_main(predict_command.main, [str(REAL), "--checkpoint", str(checkpoint), "--output", str(real)],
                     model="eeea_c2", index=1, folder=out) == 0
     print(capsys.readouterr().out)
+
+
+def test_a_sample_of_a_part_loads_those_images(synthetic):
+    from common.data.split_data import SplitData
+    data = SplitData(synthetic / "images", str(synthetic), str(synthetic / "Data_Entry_2017_v2020.csv"), 0.1, 0,
+                     parts=("train",), workers=0)
+    loader, augment = data.batches("train", "eval", 32, IMAGENET_MEAN, IMAGENET_STD, 8, rows=[3, 0])
+    batch = next(iter(loader))
+    transform = build_transform(32, IMAGENET_MEAN, IMAGENET_STD, train=False)
+    names = data.split.parts["train"].names
+    assert augment is None and torch.equal(batch["image"], torch.stack([transform(load_png(synthetic / "images" / names[i]))
+                                                                        for i in (3, 0)]))
