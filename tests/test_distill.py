@@ -1,7 +1,6 @@
 """Folder 6: cached == online teacher logits on the same view, and a tiny end-to-end distillation + comparison."""
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
