@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_training_flags
 
 from common.commands import compare, distill
 from common.commands import evaluate as evaluation
@@ -18,7 +19,7 @@ from common.models.serialization import read_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 GREY = REPO / "tests" / "data" / "images" / "00000001_000.png"
-TINY = ["--epochs", "1", "--batch-size", "16", "--img-size", "32", "--workers", "0", "--device", "cpu"]
+TINY = tiny_training_flags(epochs=1)
 
 
 class WritesMarker:

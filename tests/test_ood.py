@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_dependent
+from conftest import LOADER, copy_runs, make_image_dependent
 from PIL import Image
 from sklearn.covariance import LedoitWolf
 
 from common.commands import evaluate as evaluation
 from common.commands import predict as predict_command
-from common.commands import train as training
 from common.commands._cli import run_main
 from common.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from common.data.images import load_png
@@ -222,16 +221,12 @@ def test_predict_without_statistics_says_so(fitted, tmp_path, capsys):
 # The whole path on a model trained on the synthetic set: train, test-model.py fits, predict.py flags
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_trained_model_flags_what_is_not_a_chest_xray(synthetic, tmp_path, capsys):
-    out = tmp_path / "1-EEEA-Net-C2"
-    split_flags = ["--split", str(synthetic), "--label-file", str(synthetic / "Data_Entry_2017_v2020.csv")]
-    assert run_main(training.main, ["--data-dir", str(synthetic / "images"), *split_flags, "--epochs", "2",
-                                    "--batch-size", "16", "--img-size", "64", "--workers", "0", "--device", "cpu",
-                                    "--lr", "1e-3", "--warmup-epochs", "0", "--output-dir", str(out)],
-                    model="eeea_c2", index=1) == 0
+def test_trained_model_flags_what_is_not_a_chest_xray(synthetic, trained_model1, tmp_path_factory, tmp_path, capsys):
+    # A copy of the session's model1 (2 epochs at 64 px on the official-style split): test-model.py writes beside it.
+    out = copy_runs(tmp_path_factory, trained_model1) / "1-EEEA-Net-C2"
     checkpoint = out / "model1.pth"
-    assert run_main(evaluation.main, ["--checkpoint", str(checkpoint), "--workers", "0", "--device", "cpu",
-                                      "--n-boot", "10", "--subgroup-boot", "5"], model="eeea_c2", index=1) == 0
+    assert run_main(evaluation.main, ["--checkpoint", str(checkpoint), *LOADER, "--n-boot", "10", "--subgroup-boot",
+                                      "5"], model="eeea_c2", index=1) == 0
     printed = capsys.readouterr().out
     assert "Out-of-distribution statistics:" in printed
     report = json.loads((out / "model1-test.json").read_text())
