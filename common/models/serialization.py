@@ -81,7 +81,7 @@ def read_checkpoint_file(path: str | os.PathLike, *, published_formats: bool = F
     path = Path(path)
     if trust:
         print(f"=> {TRUST_FLAG}: unpickling {path} with weights_only=False, which runs any code the file holds")
-        return _load(path, what, weights_only=False, mmap=mmap)
+        return _load(path, what, weights_only=False, mmap=mmap and zipfile.is_zipfile(path))
     allowed = list(PUBLISHED_FORMAT_CLASSES) if published_formats else []
     try:
         with torch.serialization.safe_globals(allowed):
