@@ -144,6 +144,6 @@ def test_a_checkpoints_own_predictions_file_reproduces_its_report(synthetic, tmp
     # The comparison's reuse reads the logit columns of the same file.
     capsys.readouterr()
     settings = ScoringSettings(device="cpu", n_boot=5, subgroup_boot=2, data=DataFlags(workers=0))
-    reused = evaluate_checkpoint(checkpoint, "eeea_c2", None, settings, reuse=True)
-    assert "reusing the test predictions of model1.pth" in capsys.readouterr().out
+    reused = evaluate_checkpoint(checkpoint, "eeea_c2", None, settings, reuse_from=[])
+    assert reused.reuse is not None and reused.reuse.note.startswith("reused the test logits of"), reused.reuse
     assert reused.report["auroc"] == own["auroc"]

@@ -17,9 +17,10 @@ def main(argv=None):
     parser.add_argument("--image-size", type=positive_int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--label-structure", choices=("plain", "nih"), default="plain",
-                        help="plain: independent findings, exact labels (default); nih: findings co-occur as in the "
-                             "packaged Data_Entry file and the training list's labels are flipped at the published "
-                             "text-mining precision and recall (Wang et al. 2017), validation and test lists clean")
+                        help="plain: independent findings, exact labels; nih: findings co-occur as in the packaged "
+                             "Data_Entry file and the training list's labels are flipped at the published "
+                             "text-mining precision and recall (Wang et al. 2017), validation and test lists clean "
+                             "(default plain)")
     args = parser.parse_args(argv)
     # Imported after parsing: --help (and a bad flag) answer without loading torch.
     from common.data.synthetic import generate_synthetic_cxr8
