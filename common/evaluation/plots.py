@@ -88,7 +88,9 @@ def plot_before_after(rows: list[dict], baseline: float | None, png_path: Path, 
 
     ``rows`` items: ``{"label", "teacher", "student"}`` and optionally ``"teacher_ci"`` / ``"student_ci"`` as
     ``(low, high)`` (the patient-bootstrap interval of that model's mean AUROC); values may be None when a model is
-    missing (its slot says "missing"), and ``"no_teacher": True`` marks a row without a teacher bar (the ensemble). The axis starts at 0.5 (chance), or at 0 when a value or an interval reaches below chance, and says so.
+    missing (its slot says "missing"), and ``"no_teacher": True`` marks a row without a teacher bar (the
+    ensemble). The axis starts at 0.5 (chance), or at 0 when a value or an interval reaches below chance, and says
+    so.
     """
     labels = [textwrap.fill(r["label"], 16) for r in rows]
     positions = np.arange(len(rows))

@@ -127,12 +127,13 @@ def read_weights_file(source: Union[str, os.PathLike], model_name: str | None = 
     path = imagenet_checkpoint_path(model_name) if str(source) == "imagenet" else Path(source)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
-    from common.models.model_folder import is_model_folder, read_model_folder
-    if is_model_folder(path):
-        # A model folder (predict.py --export-hub): safetensors weights and a config.json, never a pickle.
+    if path.is_dir():
+        # A model folder (predict.py --export-hub): safetensors weights and a config.json, never a pickle. Any
+        # other folder is refused by read_model_folder, naming the file it lacks.
+        from common.models.model_folder import read_model_folder
         return read_model_folder(path)
     if not path.is_file():
-        raise UserError(f"checkpoint is not a file: {path} (nor a model folder with config.json)")
+        raise UserError(f"checkpoint is not a file: {path}")
     return read_checkpoint_file(path, published_formats=True, trust=trust, override=TRUST_FLAG)
 
 
