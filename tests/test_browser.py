@@ -23,17 +23,16 @@ from conftest import make_image_dependent
 from PIL import Image
 
 from common.commands import evaluate as evaluation
-from common.commands import predict
+from common.commands import predict, web_export
 from common.commands import train as training
-from common.commands import web_export
 from common.commands._cli import run_main
-from common.data.images import load_png, to_grayscale
+from common.data.images import evaluation_crop, load_png, to_grayscale
 from common.data.transforms import build_transform
 from common.errors import UserError
 from common.explain.browser_export import export_browser_folder
 from common.explain.gradcam import gradcam_maps
 from common.inference import web_page
-from common.inference.onnx import OnnxPredictor, evaluation_crop
+from common.inference.onnx import OnnxPredictor
 from common.inference.predictor import read_image_any
 from common.runs.checkpoint import load_model_from_checkpoint, save_atomic
 
@@ -305,7 +304,7 @@ class _Page:
 
 @pytest.fixture(scope="module")
 def playwright():
-    from playwright.sync_api import sync_playwright   # pip (requirements.txt); the browser is Debian's chromium
+    from playwright.sync_api import sync_playwright  # pip (requirements.txt); the browser is Debian's chromium
 
     with sync_playwright() as running:
         yield running

@@ -134,14 +134,12 @@ def load_png(path: Path) -> Image.Image:
         raise UserError(f"cannot read image {path}: {err}") from None
 
 
-def eval_view(image: Image.Image, img_size: int, mean, std, resize: int | None = None) -> np.ndarray:
-    """A grey 'L' image -> the normalised float32 ``[3, s, s]`` evaluation input, exactly as
-    ``common.data.transforms.build_transform(s, mean, std, train=False)`` gives it (a test checks equality), with
-    numpy and Pillow only.
+def evaluation_crop(image: Image.Image, img_size: int, resize: int | None = None) -> np.ndarray:
+    """The uint8 ``[s, s]`` grey crop of the evaluation view (``common.data.transforms.build_transform``, eval).
 
     Resize the shorter side to ``resize`` (default :func:`eval_resize`), the longer to ``int(resize * long / short)``
-    (torchvision's rule), PIL bilinear; centre crop at offsets ``int(round((size - s) / 2))``; ``/ 255``;
-    ``(x - mean) / std`` per channel, the grey image copied into the three channels.
+    (torchvision's rule), PIL bilinear; centre crop at offsets ``int(round((size - s) / 2))`` (Python's round:
+    halves to even).
     """
     if image.mode != "L":
         raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see to_grayscale)")
@@ -154,8 +152,16 @@ def eval_view(image: Image.Image, img_size: int, mean, std, resize: int | None =
         image = image.resize(size, Image.BILINEAR)
     left = int(round((size[0] - img_size) / 2.0))
     top = int(round((size[1] - img_size) / 2.0))
-    crop = np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.float32)
-    crop = crop / np.float32(255.0)
+    return np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.uint8)
+
+
+def eval_view(image: Image.Image, img_size: int, mean, std, resize: int | None = None) -> np.ndarray:
+    """A grey 'L' image -> the normalised float32 ``[3, s, s]`` evaluation input, exactly as
+    ``common.data.transforms.build_transform(s, mean, std, train=False)`` gives it (a test checks equality), with
+    numpy and Pillow only: :func:`evaluation_crop`, ``/ 255``, ``(x - mean) / std`` per channel, the grey image
+    copied into the three channels.
+    """
+    crop = evaluation_crop(image, img_size, resize).astype(np.float32) / np.float32(255.0)
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
     return (crop[None, :, :] - mean[:, None, None]) / std[:, None, None]

@@ -226,25 +226,6 @@ def _static(dim) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def evaluation_crop(image: Image.Image, img_size: int, resize: int) -> np.ndarray:
-    """The uint8 ``[s, s]`` grey crop of the evaluation view (``common.data.transforms.build_transform``, eval).
-
-    Resize: shorter side to ``resize``, longer side ``int(resize * long / short)`` (torchvision's rule), PIL
-    bilinear; centre crop with offsets ``int(round((size - s) / 2))`` (Python's round: halves to even).
-    """
-    if image.mode != "L":
-        raise ValueError(f"expected a grayscale 'L' image, got mode {image.mode!r} (see common.data.images.to_grayscale)")
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    resized_long = int(resize * long / short)
-    size = (resize, resized_long) if width <= height else (resized_long, resize)
-    if size != image.size:
-        image = image.resize(size, Image.BILINEAR)
-    left = int(round((size[0] - img_size) / 2.0))
-    top = int(round((size[1] - img_size) / 2.0))
-    return np.asarray(image.crop((left, top, left + img_size, top + img_size)), dtype=np.uint8)
-
-
 class OnnxPredictor:
     """Run an exported model with onnxruntime on the CPU, preprocessing with numpy and Pillow only.
 

@@ -1,6 +1,6 @@
 // The evaluation view of predict.py, exactly, in plain JavaScript (no DOM: node runs it in the tests).
 //
-// Python (common.inference.onnx.evaluation_crop, common.data.transforms.build_transform) does:
+// Python (common.data.images.evaluation_crop, common.data.transforms.build_transform) does:
 //   grey 8-bit image -> PIL resize, bilinear, shorter side to `resize` -> centre crop `s` -> x / 255 -> normalise.
 // The division and normalisation are inside the ONNX graph (float32 everywhere alike). What is here is the 8-bit
 // part: Pillow's resampling (src/libImaging/Resample.c: an antialiased triangle filter whose support grows with the
