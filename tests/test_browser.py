@@ -437,8 +437,15 @@ def test_the_page_scores_like_predict_py_and_flags_what_is_not_an_x_ray(student,
                 flagged = OOD_FLAG in got["ood_text"].lower()
                 print(f"{path.parent.name}/{image.name}: page {got['oodScore']:.4f}, predict.py {score:.4f} "
                       f"(threshold {meta['ood_threshold']:.2f}), flagged: {flagged}")
-                assert got["oodScore"] == pytest.approx(score, rel=1e-4, abs=1e-4), image.name   # CSV: 4 decimals
-                assert flagged == expected[image.name]["unlike"] == (got["oodScore"] > meta["ood_threshold"])
+                # The real PNGs: to the CSV's 4 decimals. The pictures that are not X-rays drive this test network
+                # (random-like weights) far from anything it saw, where float32 rounding of the features is
+                # amplified: on the stripes, PyTorch float32 and float64 differ by 7e-4 relative in the score, and
+                # the WebAssembly kernels from the native ones by 1.7e-3 (measured), so 5e-3 there.
+                tolerance = 1e-4 if image in REAL else 5e-3
+                assert got["oodScore"] == pytest.approx(score, rel=tolerance, abs=1e-4), image.name
+                assert flagged == (got["oodScore"] > meta["ood_threshold"]), image.name
+                if abs(score - meta["ood_threshold"]) > tolerance * score:
+                    assert flagged == expected[image.name]["unlike"], image.name
                 if controlled:
                     assert flagged == (image in unlike), (image.name, got["ood_text"])
         finally:
