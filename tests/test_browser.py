@@ -111,7 +111,7 @@ def test_web_export_help_does_not_import_torch():
 # --------------------------------------------------------------------------------------------------------------------
 NODE_CHECK = r"""
 import { readFileSync, writeFileSync } from 'node:fs';
-import { pillowResizeBilinear, evaluationCrop, rgbaToGrey, stretch16, decodeGrey16Png } from '%s';
+import { pillowResizeBilinear, evaluationCrop, rgbaToGrey, scale16, decodeGrey16Png } from '%s';
 const cases = JSON.parse(readFileSync(process.argv[2]));
 const out = [];
 for (const c of cases) {
@@ -120,7 +120,7 @@ for (const c of cases) {
   if (c.kind === 'resize') got = pillowResizeBilinear(src, c.w, c.h, c.ow, c.oh);
   else if (c.kind === 'crop') got = evaluationCrop(src, c.w, c.h, c.size, c.resize).crop;
   else if (c.kind === 'grey') got = rgbaToGrey(src, c.w, c.h);
-  else if (c.kind === 'png16') got = stretch16(await decodeGrey16Png(src));
+  else if (c.kind === 'png16') got = scale16(await decodeGrey16Png(src));
   writeFileSync(c.src + '.js', got);
   out.push(c.src + '.js');
 }
@@ -156,7 +156,7 @@ def test_the_pages_preprocessing_equals_pillow_to_the_bit(tmp_path):
         add("crop", pixels, evaluation_crop(Image.fromarray(pixels), 224, 256), w=w, h=h, size=224, resize=256)
     rgba = rng.randint(0, 256, (37, 53, 4)).astype(np.uint8)
     add("grey", rgba, to_grayscale(Image.fromarray(rgba, "RGBA")), w=53, h=37)
-    sixteen = (rng.randint(0, 4096, (45, 61)) + 300).astype(np.uint16)   # 12-bit data in a 16-bit grey PNG
+    sixteen = rng.randint(0, 65536, (45, 61)).astype(np.uint16)   # a 16-bit grey PNG of random values
     png16 = tmp_path / "sixteen.png"
     Image.fromarray(sixteen).save(png16)
     with Image.open(png16) as image:
