@@ -6,7 +6,7 @@
 // "loading", "ready", "running", "done" or "error" (also on <body data-state>).
 import * as ort from './ort.wasm.bundle.min.mjs';
 import {
-  decodeGrey16Png, evaluationCrop, pngHeader, rgbaToGrey, sniffFormat, stretch16,
+  decodeGrey16Png, evaluationCrop, pngHeader, rgbaToGrey, scale16, sniffFormat,
 } from './preprocess.mjs';
 
 const OVERLAY_ALPHA = 0.4;   // common.explain.gradcam.OVERLAY_ALPHA
@@ -46,10 +46,10 @@ async function readGrey(file) {
         throw new Refusal(`${file.name} is a 16-bit colour or grey-and-alpha PNG, which this page does not read; `
                           + 'save it as an 8-bit or a 16-bit grey PNG, or use predict.py.');
       }
-      // The browser would reduce 16 bits its own way; Pillow keeps them and to_grayscale stretches [min, max].
+      // The browser would reduce 16 bits its own way; Pillow keeps them and to_grayscale scales 0..65535 to 0..255.
       const values = await decodeGrey16Png(bytes);
-      notes.push('16-bit grey PNG: its own value range stretched to 0–255, as predict.py does');
-      return { grey: stretch16(values), width: header.width, height: header.height, notes };
+      notes.push('16-bit grey PNG: 0–65535 scaled to 0–255, as predict.py does');
+      return { grey: scale16(values), width: header.width, height: header.height, notes };
     }
   }
   // No colour management and no EXIF rotation: Pillow applies neither.

@@ -169,26 +169,14 @@ export function rgbaToGrey(rgba, width, height) {
   return grey;
 }
 
-/** numpy's rint: halves to even. */
-function rint(x) {
-  return roundHalfEven(x);
-}
-
 /**
- * 16-bit grey values -> 8-bit as common.data.images.to_grayscale: the image's own [min, max] stretched to 0..255,
- * (value - low) * (255 / (high - low)) rounded half to even; all zeros when the image is blank.
+ * 16-bit grey values -> 8-bit as common.data.images.to_grayscale (scale_to_uint8): divided by the stored bit depth,
+ * rounded to nearest in integers, (value * 255 + 32767) // 65535, so a 16-bit copy of an 8-bit image (x * 257) reads
+ * back as the 8-bit image.
  */
-export function stretch16(values) {
-  let low = Infinity;
-  let high = -Infinity;
-  for (const v of values) { if (v < low) low = v; if (v > high) high = v; }
+export function scale16(values) {
   const grey = new Uint8Array(values.length);
-  if (!(high > low)) return grey;
-  const factor = 255.0 / (high - low);
-  for (let i = 0; i < values.length; i++) {
-    const v = rint((values[i] - low) * factor);
-    grey[i] = v < 0 ? 0 : v > 255 ? 255 : v;
-  }
+  for (let i = 0; i < values.length; i++) grey[i] = Math.floor((values[i] * 255 + 32767) / 65535);
   return grey;
 }
 
@@ -219,7 +207,7 @@ function paeth(a, b, c) {
 
 /**
  * The values of a 16-bit greyscale, non-interlaced PNG (colour type 0, bit depth 16), which the browser's decoder
- * would reduce to 8 bits its own way, while Pillow keeps them (mode I;16) and to_grayscale stretches them.
+ * would reduce to 8 bits its own way, while Pillow keeps them (mode I;16) and to_grayscale scales them (scale16).
  * The zlib stream is inflated with the browser's DecompressionStream.
  * @returns {Promise<Uint16Array>}
  */
