@@ -259,6 +259,7 @@ def compare_recipe(settings: Settings, structure: str, seeds: list[int], recipe:
     output = roots[0] / DISTILL_FOLDER
     marker = output / "study-compared.json"
     result = output / "comparison.json"
+    inputs["n_boot"] = settings.n_boot
     if marker.is_file() and result.is_file() and json.loads(marker.read_text()) == inputs:
         return json.loads(result.read_text())
     argv = (["--teachers-root", str(roots[0]), "--output-dir", str(output), "--data-dir", str(data_dir / "images"),
@@ -364,7 +365,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patients", type=int, default=150, help="synthetic patients per set (default 150)")
     parser.add_argument("--img-size", type=int, default=32, help="model input size (default 32)")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="paired patient bootstrap resamples (default 1000)")
+    parser.add_argument("--n-boot", type=int, default=200,
+                        help="patient bootstrap resamples of each comparison (default 200: on a busy 2-core machine "
+                             "1000 made one comparison take 13 minutes)")
     parser.add_argument("--variants", default=None,
                         help="only these factors, comma-separated (base, alpha, temperature, epochs, teacher mode, "
                              "student init); default all")
@@ -390,7 +393,7 @@ def main(argv=None) -> int:
     command = "python tools/distillation_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
     if args.report:
-        structures = [s for s in LABEL_STRUCTURES if (settings.out / s / "data").is_dir()]
+        structures = [s for s in structures if (settings.out / s / "data").is_dir()]
     prepared = {s: prepare_data(settings, s) for s in structures}
     if not args.report:
         for seed in seeds:
