@@ -19,9 +19,10 @@ side by side (one core each) and a final ``--report`` joins them.
     nice -n 10 python tools/distillation_study.py --out distillation-study          # the study of the guide
     python tools/distillation_study.py --out distillation-study --report           # the table only
 
-Sized for a shared 2-core CPU: 300 patients, 48-px inputs, one torch thread per process (about 35 minutes of one
-core per set). Recipes are compared on the test part, and the recipe the demo takes is read off the validation
-column (docs/distillation.md §3: choose on validation, never on test).
+Sized for a shared 2-core CPU: 150 patients, 32-px inputs, one torch thread per process, 200 bootstrap resamples
+(on 2 cores shared with other jobs, load 10-19, each set took about 85 minutes of training and 25 of comparisons; on a
+quiet core a fraction of that). Recipes are compared on the test part, and the recipe the demo takes is read off the
+validation column (docs/distillation.md §3: choose on validation, never on test).
 """
 from __future__ import annotations
 
@@ -259,6 +260,7 @@ def compare_recipe(settings: Settings, structure: str, seeds: list[int], recipe:
     output = roots[0] / DISTILL_FOLDER
     marker = output / "study-compared.json"
     result = output / "comparison.json"
+    inputs["n_boot"] = settings.n_boot
     if marker.is_file() and result.is_file() and json.loads(marker.read_text()) == inputs:
         return json.loads(result.read_text())
     argv = (["--teachers-root", str(roots[0]), "--output-dir", str(output), "--data-dir", str(data_dir / "images"),
@@ -300,7 +302,7 @@ def table_row(structure: str, factor: str, recipe: Recipe, comparison: dict, see
         diff_mean, diff_sd = boot.get("diff"), None
         student_auroc, baseline_auroc = models[student_key]["mean_auroc"], models[baseline_key]["mean_auroc"]
         teacher_auroc = models[teacher_key]["mean_auroc"]
-    student_row = models[student_key]
+    student_row, baseline_row = models[student_key], models[baseline_key]
     return {
         "set": structure, "factor": factor, "recipe": recipe.describe(), "recipe_name": recipe.name(),
         "baseline": baseline_file(settings.out, recipe)[1], "seeds": len(seeds),
@@ -311,6 +313,8 @@ def table_row(structure: str, factor: str, recipe: Recipe, comparison: dict, see
         "student_test_auroc": student_auroc, "baseline_test_auroc": baseline_auroc, "teacher_test_auroc": teacher_auroc,
         "student_f1@0.5_seed0": student_row.get("mean_f1@0.5"),
         "student_no_positive_classes_seed0": student_row.get("no_positive@0.5"),
+        "baseline_f1@0.5_seed0": baseline_row.get("mean_f1@0.5"),
+        "baseline_no_positive_classes_seed0": baseline_row.get("no_positive@0.5"),
     }
 
 
@@ -320,6 +324,12 @@ def _num(value, digits=4, sign=True) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _f1_cell(value, no_positive) -> str:
+    """Mean F1 at 0.5, with how many classes had no test image predicted positive (an all-negative rule's F1)."""
+    text = _num(value, 3, sign=False)
+    return text + (f" (no positive for {no_positive}/14)" if no_positive else "")
+
+
 def write_table(settings: Settings, rows: list[dict], command: str) -> None:
     """``study.md`` (the guide's table) and ``study.csv`` in ``--out``."""
     lines = ["# Distillation recipe study: student − teacher-free baseline, test mean AUROC", "",
@@ -327,15 +337,15 @@ def write_table(settings: Settings, rows: list[dict], command: str) -> None:
              f"{settings.patients} synthetic patients, {settings.img_size}-px inputs, centre crop. Made by "
              f"`{command}`.", "",
              "| set | factor | recipe | compared with | student − baseline, mean ± sd over seeds | seed 0 [95% paired "
-             "patient bootstrap] | val diff (mean) | student / baseline / teacher test AUROC | student F1@0.5 (seed 0) |",
+             "patient bootstrap] | val diff (mean) | student / baseline / teacher test AUROC | F1@0.5 student / "
+             "baseline (seed 0) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sd = "" if row["test_diff_sd"] is None else f" ± {row['test_diff_sd']:.4f}"
         ci = (f"{_num(row['seed0_diff'])} [{_num(row['seed0_ci_low'])}, {_num(row['seed0_ci_high'])}]"
               if row["seed0_ci_low"] is not None else "n/a")
-        f1 = _num(row["student_f1@0.5_seed0"], 3, sign=False)
-        if row.get("student_no_positive_classes_seed0"):
-            f1 += f" (no positive at 0.5 for {row['student_no_positive_classes_seed0']} classes)"
+        f1 = " / ".join(_f1_cell(row[f"{who}_f1@0.5_seed0"], row.get(f"{who}_no_positive_classes_seed0"))
+                        for who in ("student", "baseline"))
         lines.append(f"| {row['set']} | {row['factor']} | {row['recipe']} | {row['baseline']} | "
                      f"{_num(row['test_diff_mean'])}{sd} ({row['seeds']} seeds) | {ci} | {_num(row['val_diff_mean'])} | "
                      f"{_num(row['student_test_auroc'], 3, False)} / {_num(row['baseline_test_auroc'], 3, False)} / "
@@ -364,7 +374,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patients", type=int, default=150, help="synthetic patients per set (default 150)")
     parser.add_argument("--img-size", type=int, default=32, help="model input size (default 32)")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every epoch count (default 1)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="paired patient bootstrap resamples (default 1000)")
+    parser.add_argument("--n-boot", type=int, default=200,
+                        help="patient bootstrap resamples of each comparison (default 200: on a busy 2-core machine "
+                             "1000 made one comparison take 13 minutes)")
     parser.add_argument("--variants", default=None,
                         help="only these factors, comma-separated (base, alpha, temperature, epochs, teacher mode, "
                              "student init); default all")
@@ -387,10 +399,13 @@ def main(argv=None) -> int:
     settings = Settings(Path(args.out).resolve(), args.patients, args.img_size, args.epoch_scale, args.n_boot)
     import torch
     torch.set_num_threads(1)  # the thread rule's choice on a busy shared CPU; each command sets it again
-    command = "python tools/distillation_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # The study that made the files (also when only --report runs): its settings, not the flags of this call.
+    command = (f"python tools/distillation_study.py --out {args.out} --seeds {args.seeds} --patients {args.patients} "
+               f"--img-size {args.img_size} --n-boot {args.n_boot}"
+               + (f" --epoch-scale {args.epoch_scale:g}" if args.epoch_scale != 1 else ""))
     start = time.perf_counter()
     if args.report:
-        structures = [s for s in LABEL_STRUCTURES if (settings.out / s / "data").is_dir()]
+        structures = [s for s in structures if (settings.out / s / "data").is_dir()]
     prepared = {s: prepare_data(settings, s) for s in structures}
     if not args.report:
         for seed in seeds:
