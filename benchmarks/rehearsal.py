@@ -76,6 +76,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--train-steps", type=positive_int, default=40,
                         help="training steps of the one epoch (default 40 batches of 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pixels and of the patient order")
+    parser.add_argument("--keep-done", action="store_true",
+                        help="take the figures of a stage whose log in --work-dir already has them (an interrupted "
+                             "rehearsal goes on where it stopped) instead of running it again")
     # The child side: one stage at one size, run by the parent in a fresh process.
     parser.add_argument("--scale", type=float, default=1.0,
                         help="share of the 30,805 patients the full size takes (default 1; 0.05 for a quick look)")
@@ -442,6 +445,12 @@ def main(argv=None) -> None:
         print(f"== {size_name}: {sum(1 for _ in paths['images'].iterdir()):,} images in {paths['images']} ==")
         for stage in stages:
             log = paths["folder"] / f"{stage}.log"
+            done = [line for line in log.read_text().splitlines() if line.startswith(RESULT_MARK)] \
+                if args.keep_done and log.is_file() else []
+            if done:
+                results[(stage, size_name)] = row = json.loads(done[-1][len(RESULT_MARK):])
+                print(f"  {stage:<13}(kept from {log}) {row['wall']:.1f} s wall, {row['cpu']:.1f} s CPU")
+                continue
             command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, size_name,
                        "--work-dir", args.work_dir, "--image-size", str(args.image_size), "--train-steps",
                        str(args.train_steps), "--seed", str(args.seed), "--scale", str(args.scale)]
