@@ -289,14 +289,15 @@ def _earlier_predictions(paths: dict) -> list[str]:
     from common.commands.compare import RESULTS_FOLDER, model_entries
     from common.evaluation import scoring
     from common.evaluation.ood import ood_path
+    from common.inference.prediction_files import label_column, logit_column
 
     model1 = _model1(paths)
     report = json.loads(Path(f"{model1.with_suffix('')}-test.json").read_text())
     with gzip.open(f"{model1.with_suffix('')}-test-predictions.csv.gz", "rt", newline="") as stream:
         rows = list(csv.DictReader(stream))
     names = [row["Image Index"] for row in rows]
-    targets = np.asarray([[int(row[c]) for c in CLASS_NAMES] for row in rows], dtype=np.uint8)
-    logits = np.asarray([[float(row[f"logit_{c}"]) for c in CLASS_NAMES] for row in rows], dtype=np.float32)
+    targets = np.asarray([[int(row[label_column(c)]) for c in CLASS_NAMES] for row in rows], dtype=np.uint8)
+    logits = np.asarray([[float(row[logit_column(c)]) for c in CLASS_NAMES] for row in rows], dtype=np.float32)
     patients = np.asarray([patient_id_from_name(n) for n in names])
     student_dir = paths["runs"] / DISTILL_FOLDER
     keys = []
