@@ -276,7 +276,8 @@ def stage_test(paths: dict, options) -> callable:
     from common.commands import evaluate
 
     def run():
-        evaluate.main(["--checkpoint", str(_model1(paths)), *_cache_flags(paths), "--batch-size", "128"],
+        evaluate.main(["--checkpoint", str(_model1(paths)), *_cache_flags(paths), "--batch-size", "128",
+                       "--overwrite"],
                       model="eeea_c2", index=1)
     return run
 
