@@ -76,6 +76,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--train-steps", type=positive_int, default=40,
                         help="training steps of the one epoch (default 40 batches of 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pixels and of the patient order")
+    parser.add_argument("--keep-done", action="store_true",
+                        help="take the figures of a stage whose log in --work-dir already has them (an interrupted "
+                             "rehearsal goes on where it stopped) instead of running it again")
     # The child side: one stage at one size, run by the parent in a fresh process.
     parser.add_argument("--scale", type=float, default=1.0,
                         help="share of the 30,805 patients the full size takes (default 1; 0.05 for a quick look)")
@@ -273,7 +276,8 @@ def stage_test(paths: dict, options) -> callable:
     from common.commands import evaluate
 
     def run():
-        evaluate.main(["--checkpoint", str(_model1(paths)), *_cache_flags(paths), "--batch-size", "128"],
+        evaluate.main(["--checkpoint", str(_model1(paths)), *_cache_flags(paths), "--batch-size", "128",
+                       "--overwrite"],
                       model="eeea_c2", index=1)
     return run
 
@@ -286,14 +290,15 @@ def _earlier_predictions(paths: dict) -> list[str]:
     from common.commands.compare import RESULTS_FOLDER, model_entries
     from common.evaluation import scoring
     from common.evaluation.ood import ood_path
+    from common.inference.prediction_files import label_column, logit_column
 
     model1 = _model1(paths)
     report = json.loads(Path(f"{model1.with_suffix('')}-test.json").read_text())
     with gzip.open(f"{model1.with_suffix('')}-test-predictions.csv.gz", "rt", newline="") as stream:
         rows = list(csv.DictReader(stream))
     names = [row["Image Index"] for row in rows]
-    targets = np.asarray([[int(row[c]) for c in CLASS_NAMES] for row in rows], dtype=np.uint8)
-    logits = np.asarray([[float(row[f"logit_{c}"]) for c in CLASS_NAMES] for row in rows], dtype=np.float32)
+    targets = np.asarray([[int(row[label_column(c)]) for c in CLASS_NAMES] for row in rows], dtype=np.uint8)
+    logits = np.asarray([[float(row[logit_column(c)]) for c in CLASS_NAMES] for row in rows], dtype=np.float32)
     patients = np.asarray([patient_id_from_name(n) for n in names])
     student_dir = paths["runs"] / DISTILL_FOLDER
     keys = []
@@ -442,6 +447,12 @@ def main(argv=None) -> None:
         print(f"== {size_name}: {sum(1 for _ in paths['images'].iterdir()):,} images in {paths['images']} ==")
         for stage in stages:
             log = paths["folder"] / f"{stage}.log"
+            done = [line for line in log.read_text().splitlines() if line.startswith(RESULT_MARK)] \
+                if args.keep_done and log.is_file() else []
+            if done:
+                results[(stage, size_name)] = row = json.loads(done[-1][len(RESULT_MARK):])
+                print(f"  {stage:<13}(kept from {log}) {row['wall']:.1f} s wall, {row['cpu']:.1f} s CPU")
+                continue
             command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, size_name,
                        "--work-dir", args.work_dir, "--image-size", str(args.image_size), "--train-steps",
                        str(args.train_steps), "--seed", str(args.seed), "--scale", str(args.scale)]

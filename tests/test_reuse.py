@@ -49,7 +49,7 @@ def test_every_difference_is_named(tmp_path):
         identity = copy.deepcopy(IDENTITY)
         identity[block][key] = values[key]
         found = earlier_results([stem], identity, NAMES)
-        assert found.logits is None and found.note.startswith("scored again, because model1-test.json: ")
+        assert found.logits is None and found.note.startswith(f"scored again, because {result_paths(stem)[0]}: ")
         assert expected in found.note, (key, found.note)
     # Where the trained recipe or the checkpoint's path changed only, the logits are the same: reused.
     moved = copy.deepcopy(IDENTITY)

@@ -235,7 +235,7 @@ def earlier_results(stems, identity: dict, names) -> EarlierResults:
         if mismatch is None:
             matching.append((report_path, report))
         else:
-            reasons.append(f"{report_path.name}: {mismatch}")
+            reasons.append(f"{report_path}: {mismatch}")
     if found is not None:
         return EarlierResults(found.logits, found.source, found.note, tuple(matching))
     if not reasons:
