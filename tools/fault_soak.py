@@ -260,10 +260,24 @@ def training_seconds(reference: Path, mode: str) -> float:
         return 1.3 * sum(float(row["epoch_seconds"]) for row in csv.DictReader(stream))
 
 
+@dataclass
+class Pace:
+    """How long a whole run takes now, as a multiple of the reference run's time. The kill moments are drawn against
+    the reference run; a shared machine whose load changes makes later runs slower or faster, so every trial whose
+    first run ended before its kill updates the factor, and later kills land inside the runs again."""
+    factor: float = 1.0
+
+    def learn(self, run_seconds: float, reference_seconds: float) -> None:
+        self.factor = 0.5 * self.factor + 0.5 * run_seconds / max(reference_seconds, 1e-9)
+
+
 def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teachers_root: Path, reference: Path,
-              work: Path, max_runs: int = 20, kill_signals: list[str] | None = None) -> Trial:
-    """One trial: interrupt at each of ``kill_times`` (seconds after each start) with the matching ``kill_signals``
-    (default SIGKILL), then resume to the end; compare."""
+              work: Path, max_runs: int = 20, kill_signals: list[str] | None = None, pace: Pace | None = None,
+              reference_seconds: float | None = None) -> Trial:
+    """One trial: interrupt at each of ``kill_times`` (seconds after each start, scaled by ``pace``) with the
+    matching ``kill_signals`` (default SIGKILL), then resume to the end; compare."""
+    pace = pace or Pace()
+    kill_times = [round(t * pace.factor, 2) for t in kill_times]
     trial = Trial(mode, index, kill_times, list(kill_signals or ["KILL"] * len(kill_times)))
     output = work / f"{mode}-trial{index}"
     if output.exists():
@@ -276,7 +290,10 @@ def run_trial(mode: str, index: int, kill_times: list[float], data: Path, teache
         this = command if trial.runs == 0 else [*command, "--resume"]
         trial.runs += 1
         if trial.kills_done < len(kill_times):
+            started = time.monotonic()
             code = _run_and_kill(this, kill_times[trial.kills_done], log_file, trial.kill_signals[trial.kills_done])
+            if code == 0 and trial.runs == 1 and reference_seconds:
+                pace.learn(time.monotonic() - started, reference_seconds)  # a whole run, faster than the kill
             if isinstance(code, str):
                 trial.failure = code
                 return trial
@@ -316,6 +333,7 @@ def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, w
         reference, seconds = references[mode]
         report(f"{mode}: reference run {seconds:.1f}s -> {reference}")
         results[mode] = []
+        pace = Pace()
         for index in range(1, trials + 1):
             rng = random.Random(f"{seed}-{mode}-{index}")
             # Two kills in three land in the epochs (from the reference log's epoch times: mid-epoch, between the
@@ -327,7 +345,8 @@ def run_soak(modes=MODES, trials: int = 20, seed: int = 0, max_kills: int = 3, w
             # Drawn from a generator of their own, so that the kill moments stay those of the SIGKILL-only soak.
             signals = random.Random(f"{seed}-{mode}-{index}-signals")
             kill_signals = ["TERM" if signals.random() < term_share else "KILL" for _ in kill_times]
-            trial = run_trial(mode, index, kill_times, data, teachers_root, reference, work, kill_signals=kill_signals)
+            trial = run_trial(mode, index, kill_times, data, teachers_root, reference, work, kill_signals=kill_signals,
+                              pace=pace, reference_seconds=seconds)
             report(trial.describe())
             results[mode].append(trial)
     for mode, done in results.items():

@@ -801,13 +801,100 @@ def _predictions_rows(bench: Bench) -> list[Row]:
     return rows
 
 
+def _decompression_bomb(path: Path, side: int = 20000) -> Path:
+    """A valid 1-bit PNG of side x side pixels (past twice Pillow's MAX_IMAGE_PIXELS), a few kB on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def _jpeg_ls_dicom(path: Path) -> Path:
+    """A DICOM whose pixels are JPEG-LS compressed (a decoder plugin is needed to read them)."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = JPEGLSLossless
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", 8, 8, 1
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME2", 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(20) + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    del np
+    return path
+
+
+def _predict_rows(bench: Bench) -> list[Row]:
+    """predict.py's faults of issue 16 (handled in the predict branch; tried here so that the table has them all)."""
+    folder = bench.folder("predict")
+    folder.mkdir()
+    predict = [script(f"{BASE}/predict.py"), "--checkpoint", bench.reference / "model1.pth", "--device", "cpu"]
+    good = sorted(bench.images.glob("*.png"))[0]
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    rows = []
+    done = run([*predict, truncated, "--output", folder / "never.csv"])
+    rows.append(Row("files", "predict.py given only an unreadable PNG", "2, one line after the file's warning",
+                    done.returncode, summary(done.stderr), "" if not (folder / "never.csv").exists() else
+                    "a CSV was written", ok=done.returncode == 2 and "could be read" in summary(done.stderr)
+                    and not (folder / "never.csv").exists()))
+    bomb = _decompression_bomb(folder / "00009999_000.png")
+    done = run([*predict, bomb, good, "--output", folder / "bomb.csv"])
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: cannot read image")]
+    rows.append(Row("files", "a decompression bomb given with a good image", "1 (one image skipped), a warning, "
+                    "the good image predicted", done.returncode, " | ".join(warned) or summary(done.stderr),
+                    "" if (folder / "bomb.csv").is_file() else "no CSV", ok=done.returncode == 1 and len(warned) == 1
+                    and "decompression bomb" in warned[0] and (folder / "bomb.csv").is_file()
+                    and "Traceback" not in done.stderr))
+    dicom = _jpeg_ls_dicom(folder / "jpegls.dcm")
+    done = run([*predict, dicom, "--output", folder / "dicom.csv"])
+    rows.append(Row("files", "a JPEG-LS DICOM without a decoder", "names the package to install", done.returncode,
+                    summary(done.stderr) + " | " + " | ".join(l for l in done.stderr.splitlines()
+                                                             if l.startswith("warning:")),
+                    ok=done.returncode == 2 and "pip install" in done.stderr and "Traceback" not in done.stderr))
+    exported = folder / "model.onnx"
+    done = run([*predict, "--export-onnx", exported])
+    if done.returncode != 0:
+        rows.append(Row("files", "ONNX metadata that is not JSON", "", done.returncode,
+                        f"the export failed: {summary(done.stderr)}"))
+        return rows
+    import onnx
+    graph = onnx.load(str(exported))
+    for entry in graph.metadata_props:
+        if entry.key == "dtforcxr8":
+            entry.value = "{'img_size': 64"
+    onnx.save(graph, str(folder / "broken.onnx"))
+    done = run([script(f"{BASE}/predict.py"), good, "--onnx", folder / "broken.onnx", "--output",
+                folder / "onnx.csv"])
+    rows.append(Row("files", "ONNX metadata that is not JSON", "2, one line naming the file", done.returncode,
+                    summary(done.stderr), ok=done.returncode == 2 and "broken.onnx" in summary(done.stderr)
+                    and "not JSON" in summary(done.stderr)))
+    return rows
+
+
 CASES = [case_divergence_without_clipping, case_divergence_overwrite_keeps_the_old_run, case_sigterm_mid_epoch,
          case_sigint_mid_epoch, case_sigint_during_start_up, case_sigint_before_any_step, case_torchrun_rank_dies,
          case_torchrun_preempted,
          case_prompt_exit, case_cache_build_full_disk, case_overwrite_full_disk, case_resume_full_disk,
          case_damaged_teacher_cache, case_duplicate_list_line, case_png_as_teacher, case_two_cache_sizes,
          case_second_test_model_run, case_killed_cache_build, case_kill_and_resume, case_folder_lock,
-         _tamper_rows, _predictions_rows]
+         _tamper_rows, _predictions_rows, _predict_rows]
 
 
 def format_table(rows: list[Row]) -> str:

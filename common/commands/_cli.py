@@ -31,36 +31,41 @@ def run_main(main, argv=None, **kwargs) -> int:
     ended at once, so that the process exits promptly rather than after their current batch.
     """
     from common.runtime.signals import raise_on_stop_signals
-    from common.runtime.workers import end_child_processes
+    from common.runtime.workers import end_child_processes, restore_child_check
     warnings.formatwarning = _one_line_warning
     speaks = os.environ.get("RANK", "0") == "0"
-    with raise_on_stop_signals():
-        try:
-            result = main(argv, **kwargs)
-        except UserError as err:
-            # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
-            # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
-            _close_open_bars()
-            if speaks or getattr(err, "every_rank", False):
-                print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
-            end_child_processes()
-            return 2
-        except OSError as err:
-            if err.errno not in FILESYSTEM_ERRNOS:
-                raise
-            # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
-            # environment, not a bug, so one line rather than a traceback.
-            _close_open_bars()
-            print(f"error: {os_error_message(err)}", file=sys.stderr, flush=True)
-            end_child_processes()
-            return 2
-        except KeyboardInterrupt as err:  # Interrupted (SIGINT or SIGTERM) or a KeyboardInterrupt raised by hand
-            stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
-            _close_open_bars()
-            if speaks:
-                print(f"stopped: {stop.message or _general_stop_message(stop)}", file=sys.stderr, flush=True)
-            end_child_processes()
-            return stop.exit_code
+    child_check = []  # torch's SIGCHLD handler while the ended workers' loaders are let go
+    try:
+        with raise_on_stop_signals():
+            try:
+                result = main(argv, **kwargs)
+            except UserError as err:
+                # Under torchrun every process checks the same inputs and fails alike: rank 0 reports it once, every
+                # process exits with 2 (torchrun then ends the others, so none waits forever at a collective).
+                _close_open_bars()
+                if speaks or getattr(err, "every_rank", False):
+                    print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+                child_check.append(end_child_processes())
+                return 2
+            except OSError as err:
+                if err.errno not in FILESYSTEM_ERRNOS:
+                    raise
+                # A full disk or an unwritable folder met outside any filesystem_errors() block: still the user's
+                # environment, not a bug, so one line rather than a traceback.
+                _close_open_bars()
+                print(f"error: {os_error_message(err)}", file=sys.stderr, flush=True)
+                child_check.append(end_child_processes())
+                return 2
+            except KeyboardInterrupt as err:  # Interrupted (SIGINT or SIGTERM) or a KeyboardInterrupt by hand
+                stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+                _close_open_bars()
+                if speaks:
+                    print(f"stopped: {stop.message or _general_stop_message(stop)}", file=sys.stderr, flush=True)
+                child_check.append(end_child_processes())
+                return stop.exit_code
+    finally:
+        if child_check:  # the failed frames, and the loaders in them, are gone now (a caller in this process goes on)
+            restore_child_check(child_check[0])
     return 0 if result is None else int(result)
 
 

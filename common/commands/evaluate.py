@@ -34,7 +34,7 @@ def get_args_parser(prog: str = "test-model.py", description: str | None = None)
 #: The flags that change what test-model.py measures. Results beside a checkpoint made with other values of any of
 #: them are not replaced without --overwrite (docs/guide/faults.md §4); rerunning with the same values replaces them.
 RESULT_OPTIONS = ("predictions", "split", "label_file", "val_fraction", "tencrop", "no_amp", "n_boot",
-                  "subgroup_boot", "demographics", "cam", "localization", "bbox_file")
+                  "subgroup_boot", "demographics", "cam", "localization", "bbox_file", "no_ood")
 
 # Result files a run with other options may have left that a new run does not write (removed by --overwrite).
 _EXTRA_OUTPUTS = ("-test-cam", "-test-cam-sheet.png", "-test-localization.txt", "-test-reliability.png")
@@ -61,8 +61,9 @@ def check_results_replaceable(stem: Path, options: dict, overwrite: bool) -> Non
     if recorded is None:
         raise UserError(f"{report_path} holds results of an earlier version that did not record its options; "
                         f"{advice}")
-    differing = [f"--{key.replace('_', '-')} {_shown(recorded.get(key))} then, {_shown(options[key])} now"
-                 for key in RESULT_OPTIONS if recorded.get(key) != options[key]]
+    # An option a results file does not record came after it was written: it had that option's default then.
+    differing = [f"--{key.replace('_', '-')} {_shown(recorded[key])} then, {_shown(options[key])} now"
+                 for key in RESULT_OPTIONS if key in recorded and recorded[key] != options[key]]
     if differing:
         raise UserError(f"{report_path} holds results made with other options ({'; '.join(differing)}); {advice}")
 

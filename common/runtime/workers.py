@@ -63,13 +63,25 @@ def end_loader_workers(iterator) -> None:
     iterator._shutdown_workers()
 
 
-def end_child_processes() -> None:
+def end_child_processes():
     """End every worker process this process started and has not yet joined (a command giving up after an error or
-    a stop). torch's SIGCHLD check is switched off first: the process is on its way out and starts no loader after
-    this, and the ended workers are not failures to report."""
+    a stop). torch's SIGCHLD check is switched off first (the ended workers are not failures to report); returns
+    the handler to give :func:`restore_child_check` once the loaders that owned them are gone, or None."""
     children = multiprocessing.active_children()
     if not children:
-        return
+        return None
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _end(children)
+    return previous
+
+
+def restore_child_check(previous) -> None:
+    """Put torch's SIGCHLD check back (for a caller that goes on in this process, such as a test), after collecting
+    the loaders whose workers were ended, so that it does not report them."""
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        return
+    import gc
+    gc.collect()
+    signal.signal(signal.SIGCHLD, previous)
