@@ -118,8 +118,10 @@ def test_a_numpy_array_is_not_on_the_allow_list(tmp_path):
         load_pretrained(create_model("eeea_c2", num_classes=14, img_size=32), "eeea_c2", path)
 
 
-def test_a_teacher_cache_that_asks_for_code_is_refused(malicious):
+def test_a_teacher_cache_that_asks_for_code_is_not_run(malicious):
+    # The teacher cache reader treats such a file as damaged (it is rebuilt, with a warning): no code runs.
+    from common.engine.distill import read_teacher_cache
     path, marker = malicious
-    with pytest.raises(UserError, match="teacher cache .* asks for exec"):
-        read_checkpoint_file(path, what="teacher cache")
+    state, damage = read_teacher_cache(path)
+    assert state is None and "Weights only load failed" in damage
     assert not marker.exists()

@@ -344,9 +344,10 @@ def test_refusal_counts_validation_patients_too(trained, synthetic, tmp_path, ca
     mixed = write_split(tmp_path / "mixed", [n for n, p in zip(test.names, test.patient_ids) if p < cut],
                         [n for n, p in zip(test.names, test.patient_ids) if p >= cut], train_images + val.names, labels)
     val_patients = len(set(val.patient_ids.tolist()))
-    # --overwrite: other tests of this module leave results made with other options beside the checkpoint.
-    argv = ["--checkpoint", str(trained / "1-EEEA-Net-C2" / "model1.pth"), "--split", str(mixed), *LOADER,
-            *FAST_BOOT, "--overwrite"]
+    alone = tmp_path / "model" / "model1.pth"  # a copy without the results other tests wrote beside model1
+    alone.parent.mkdir()
+    shutil.copy(trained / "1-EEEA-Net-C2" / "model1.pth", alone)
+    argv = ["--checkpoint", str(alone), "--split", str(mixed), *LOADER, *FAST_BOOT]
     assert run_main(evaluation.main, argv, model="eeea_c2", index=1) == 2
     one_line_error(capsys, f"was trained or selected on {1 + val_patients} of the {1 + val_patients} patients",
                    f"1 patients ({len(train_images)} images) in training",
