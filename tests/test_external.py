@@ -144,5 +144,6 @@ def test_a_checkpoints_own_predictions_file_reproduces_its_report(synthetic, tmp
     # The comparison's reuse reads the logit columns of the same file.
     settings = ScoringSettings(device="cpu", n_boot=5, subgroup_boot=2, data=DataFlags(workers=0))
     reused = evaluate_checkpoint(checkpoint, "eeea_c2", None, settings, reuse_from=[])
-    assert reused.reuse is not None and reused.reuse.note.startswith("reused the test logits of") and "model1-test.json" in reused.reuse.note
+    assert reused.reuse is not None, "the checkpoint's own results were not reused"
+    assert reused.reuse.note.startswith("reused the test logits of") and "model1-test.json" in reused.reuse.note
     assert reused.report["auroc"] == own["auroc"]
