@@ -70,7 +70,6 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
     """
     import inspect
 
-    import onnx
     import torch
 
     class WithSigmoid(torch.nn.Module):
@@ -136,19 +135,27 @@ def export_onnx(model, img_size: int, path: str | os.PathLike, *, mean: Sequence
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(wrapped, (example,), str(temporary), input_names=[INPUT_NAME], output_names=outputs,
                               opset_version=opset, do_constant_folding=True, **options)
-        graph = onnx.load(str(temporary))
         if ood is not None:
             info.update({"outputs": outputs, "ood_threshold": float(ood["threshold"]),
                          "ood_percentile": float(ood["percentile"]), "ood_parts": list(ood["parts"])})
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(info)
-        onnx.checker.check_model(graph, full_check=True)
-        onnx.save(graph, str(temporary))
-        os.replace(temporary, path)
+        _check_and_publish(temporary, path, info)
     finally:
         temporary.unlink(missing_ok=True)
         model.train(was_training)
     return path
+
+
+def _check_and_publish(temporary: Path, path: Path, info: dict) -> None:
+    """Store ``info`` in the exported ``temporary`` graph's metadata, check the graph with ``onnx.checker`` and move
+    it over ``path`` (a file is complete or absent: the caller removes ``temporary`` on failure)."""
+    import onnx
+
+    graph = onnx.load(str(temporary))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info)
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(temporary))
+    os.replace(temporary, path)
 
 
 def export_traced(module, example: tuple, path: str | os.PathLike, input_names: Sequence[str],
@@ -168,7 +175,6 @@ def export_traced(module, example: tuple, path: str | os.PathLike, input_names: 
     """
     import inspect
 
-    import onnx
     import torch
 
     path = Path(path)
@@ -186,12 +192,7 @@ def export_traced(module, example: tuple, path: str | os.PathLike, input_names: 
                               output_names=list(output_names), opset_version=opset, do_constant_folding=True,
                               dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]},
                               **options)
-        graph = onnx.load(str(temporary))
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(info)
-        onnx.checker.check_model(graph, full_check=True)
-        onnx.save(graph, str(temporary))
-        os.replace(temporary, path)
+        _check_and_publish(temporary, path, info)
     finally:
         temporary.unlink(missing_ok=True)
         for m, mode in modes:   # the wrapper first, then the network inside it
