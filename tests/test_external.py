@@ -136,7 +136,7 @@ def test_a_checkpoints_own_predictions_file_reproduces_its_report(synthetic, tmp
     predictions = tmp_path / "model1-test-predictions.csv.gz"
     assert run_main(evaluate.main, ["--predictions", str(predictions), *split, "--n-boot", "5", "--subgroup-boot",
                                     "2"], model="eeea_c2", index=1) == 0
-    scored = json.loads((tmp_path / "model1-test-predictions.csv-test.json").read_text())
+    scored = json.loads((tmp_path / "model1-test-predictions-test.json").read_text())
     assert scored["auroc"] == own["auroc"] and scored["mean_auroc"] == own["mean_auroc"]
     assert scored["mean_auroc"] < 0.9  # a random-weight model, not the labels
     for metric in ("f1", "accuracy", "sensitivity", "specificity"):

@@ -171,7 +171,13 @@ def main(argv=None, *, model: str, index: int, folder: Path | None = None) -> in
 def _score_predictions(args) -> int:
     """``--predictions FILE.csv``: the checkpoint's report for another model's probabilities."""
     from common.commands._setup import scoring_settings
-    from common.evaluation.scoring import predictions_split, print_result, score_predictions_file, write_results
+    from common.evaluation.scoring import (
+        predictions_split,
+        print_result,
+        results_stem,
+        score_predictions_file,
+        write_results,
+    )
     if args.checkpoint or args.cam or args.localization or args.tencrop:
         raise UserError("--predictions scores a file of probabilities; --checkpoint, --cam, --localization and "
                         "--tencrop need a checkpoint")
@@ -179,13 +185,13 @@ def _score_predictions(args) -> int:
     if not path.is_file():
         raise UserError(f"predictions file {path} does not exist")
     options = result_options(args)
-    check_results_replaceable(path.with_suffix(""), options, args.overwrite)
+    check_results_replaceable(results_stem(path), options, args.overwrite)
     settings = scoring_settings(args)
     result = score_predictions_file(path, predictions_split(settings.data), settings)
     print_result(result)
     result.report["options"] = options
     paths = write_results(result)
     if args.overwrite:
-        remove_other_outputs(path.with_suffix(""), paths.values())
+        remove_other_outputs(results_stem(path), paths.values())
     print("results written: " + ", ".join(str(p) for p in paths.values()))
     return 0

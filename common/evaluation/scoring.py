@@ -404,9 +404,18 @@ def patient_check(checkpoint_path: Path, checkpoint: dict, data: SplitData, part
     return {"same_split": own, "cross_split": not own, **checked}
 
 
+def results_stem(path) -> Path:
+    """Where a checkpoint's or a predictions file's results go: ``model1.pth`` -> ``model1``, ``scores.csv`` and
+    ``scores.csv.gz`` -> ``scores`` (``<stem>-test.json`` and its companions)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        path = path.with_suffix("")
+    return path.with_suffix("")
+
+
 def write_results(result: TestResult) -> dict:
     """Write ``<stem>-test.json``, ``<stem>-test.csv``, per-image predictions and ROC curves beside the checkpoint."""
-    stem = result.checkpoint.with_suffix("")
+    stem = results_stem(result.checkpoint)
     paths = {"json": Path(f"{stem}-test.json"), "csv": Path(f"{stem}-test.csv"),
              "predictions": Path(f"{stem}-test-predictions.csv.gz"), "roc": Path(f"{stem}-test-roc.png")}
     if "calibration" in result.report:
