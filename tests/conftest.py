@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny synthetic CXR8 data set and tiny trained runs, each made once per test session, and the
 one flag list of the tests' tiny runs."""
+import errno
 import hashlib
 import os
 import shutil
@@ -163,3 +164,35 @@ def write_decompression_bomb(path: Path, side: int = 20000) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
                      + _png_chunk(b"IEND", b""))
     return path
+
+
+class FailingStream:
+    """A file stream that raises ENOSPC, as a full disk does, on the write that empties its countdown ``left``
+    (a one-item list, so that several streams can share one)."""
+
+    def __init__(self, stream, left: list):
+        self._stream, self._left = stream, left
+
+    def write(self, data):
+        self._left[0] -= 1
+        if self._left[0] == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stream.close()
+
+
+def full_disk_at(monkeypatch, nth, *, across_files=False):
+    """Make the atomic writers' ``nth`` write fail with ENOSPC, as a full disk does: the ``nth`` of each temporary
+    file, or with ``across_files`` the ``nth`` of all of them together."""
+    import common.atomic as atomic
+    real, shared = atomic._open_temporary, [nth]
+    monkeypatch.setattr(atomic, "_open_temporary", lambda handle, mode: FailingStream(
+        real(handle, mode), shared if across_files else [nth]))

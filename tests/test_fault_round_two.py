@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import full_disk_at
 
 import common.atomic as atomic
 import common.data.cache_build as cache_build
@@ -167,36 +168,11 @@ def test_leaving_a_loader_loop_early_ends_its_workers_at_once():
 
 # --- §3 disks that fill ----------------------------------------------------------------------------------------------
 
-def _fail_nth_write(monkeypatch, nth):
-    real, left = atomic._open_temporary, [nth]
-
-    class Full:
-        def __init__(self, stream):
-            self._stream = stream
-
-        def write(self, data):
-            left[0] -= 1
-            if left[0] == 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return self._stream.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self._stream, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._stream.close()
-
-    monkeypatch.setattr(atomic, "_open_temporary", lambda handle, mode: Full(real(handle, mode)))
-
-
 def test_staged_writes_replace_all_files_or_none(tmp_path, monkeypatch):
     first, second, gone = tmp_path / "a.pth", tmp_path / "b.csv", tmp_path / "c.png"
     for path in (first, second, gone):
         path.write_text("old")
-    _fail_nth_write(monkeypatch, 2)
+    full_disk_at(monkeypatch, 2, across_files=True)
     with pytest.raises(UserError, match=f"cannot write {second}: no space left on device"):
         with StagedWrites() as staged:
             staged.write(first, lambda stream: stream.write(b"new"))

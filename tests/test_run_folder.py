@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, full_disk_at
 
 import common.atomic as atomic
 import common.runs.checkpoint as checkpoint
@@ -131,33 +131,6 @@ def test_stale_temporaries_are_removed(tmp_path, capsys):
 
 
 # --- atomic writers under a full disk ----------------------------------------------------------------------------
-
-class FailingStream:
-    """A file stream whose ``nth`` write raises ENOSPC, as a full disk does."""
-
-    def __init__(self, stream, nth):
-        self._stream, self._left = stream, nth
-
-    def write(self, data):
-        self._left -= 1
-        if self._left == 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._stream.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._stream.close()
-
-
-def full_disk_at(monkeypatch, nth):
-    real = atomic._open_temporary
-    monkeypatch.setattr(atomic, "_open_temporary", lambda handle, mode: FailingStream(real(handle, mode), nth))
-
 
 @pytest.mark.parametrize("nth", [1, 3, 20])
 def test_full_disk_during_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch, nth):
